@@ -1,0 +1,1 @@
+"""hsmca core: the certificate authority itself (no HTTP, no Flask)."""

@@ -1,0 +1,297 @@
+"""Configuration: one TOML file (``hsmca.toml`` in the data directory) plus ``HSMCA_*`` overrides.
+
+Strict on purpose (as Boulder decodes its config): an unknown key or a wrong type is refused with a
+message that names the key. Secrets (PINs) are never part of this object; they come from
+``HSMCA_HSM_PIN`` or a PIN file with mode 0600 and are read only when a login needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ca.errors import ConfigError
+from ca.keys import KeySpec
+
+CONFIG_FILE = "hsmca.toml"
+ENV_PREFIX = "HSMCA_"
+#: Environment variables that are not config overrides.
+SPECIAL_ENV = {
+    "HSMCA_HOME",
+    "HSMCA_CONFIG",
+    "HSMCA_HSM_PIN",
+    "HSMCA_HSM_ROOT_PIN",
+    "HSMCA_TEST_PG_URL",
+    "HSMCA_TEST_KEEP",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ServerConfig(_Section):
+    """``[server]``: where ``hsmca serve`` listens and the public URL certificates point to."""
+
+    bind: str = Field("127.0.0.1:8080", description="host:port gunicorn binds to")
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="http URL clients reach (AIA, CRL distribution point, OCSP URLs are built from it)",
+    )
+    workers: int = Field(2, ge=1, le=64)
+    timeout_seconds: int = Field(30, ge=1)
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith("http://"):
+            raise ValueError("must be an http:// URL (RFC 5280 wants AIA/CDP over plain HTTP)")
+        return value.rstrip("/")
+
+
+class DatabaseConfig(_Section):
+    """``[database]``: an SQLAlchemy URL; empty means SQLite ``hsmca.db`` in the data directory."""
+
+    url: str = ""
+    echo: bool = False
+
+
+class HsmConfig(_Section):
+    """``[hsm]``: the PKCS#11 module and tokens. PIN files are relative to the data directory."""
+
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str = "hsmca"
+    pin_file: str = "pins/user.pin"
+    so_pin_file: str = "pins/so.pin"
+    softhsm_conf: str = Field("", description="SoftHSM2 config file (embedded default only)")
+    root_token_label: str = Field("", description="token of the root key; empty: same as token_label")
+    root_pin_file: str = ""
+    pool_size: int = Field(4, ge=1, le=64)
+
+
+class CaConfig(_Section):
+    """``[ca]``: the hierarchy ``hsmca init`` creates."""
+
+    organization: str = "hsmca"
+    country: str = ""
+    root_name: str = "root"
+    root_common_name: str = "hsmca Root CA"
+    root_key: str = "ec:P-384"
+    root_validity_days: int = Field(7305, ge=1, le=36525)
+    intermediate_name: str = "issuing"
+    intermediate_common_name: str = "hsmca Issuing CA"
+    intermediate_key: str = "ec:P-256"
+    intermediate_validity_days: int = Field(1826, ge=1, le=36525)
+    default_issuer: str = "issuing"
+
+    @field_validator("root_key", "intermediate_key")
+    @classmethod
+    def _key_spec(cls, value: str) -> str:
+        try:
+            KeySpec.parse(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+class ProfileConfig(_Section):
+    """``[profiles.NAME]``: what a certificate issued under this profile looks like."""
+
+    description: str = ""
+    issuer: str = Field("", description="issuing CA name; empty: ca.default_issuer")
+    validity_days: int = Field(90, ge=1)
+    max_validity_days: int = Field(397, ge=1)
+    key_types: list[str] = Field(
+        default_factory=lambda: ["ec:P-256", "ec:P-384", "ec:P-521", "rsa:2048", "rsa:3072", "rsa:4096"]
+    )
+    extended_key_usage: list[str] = Field(default_factory=lambda: ["serverAuth"])
+    certificate_policies: list[str] = Field(default_factory=lambda: ["2.23.140.1.2.1"])
+    backdate_seconds: int = Field(60, ge=0, le=3600)
+    require_san: bool = True
+
+
+def default_profiles() -> dict[str, ProfileConfig]:
+    """The two profiles every installation starts with."""
+    return {
+        "server": ProfileConfig(description="TLS server certificates"),
+        "client": ProfileConfig(
+            description="TLS client certificates",
+            extended_key_usage=["clientAuth"],
+            certificate_policies=[],
+        ),
+    }
+
+
+class AppConfig(_Section):
+    """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
+
+    data_dir: Path = Path(".")
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    hsm: HsmConfig = Field(default_factory=HsmConfig)
+    ca: CaConfig = Field(default_factory=CaConfig)
+    profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
+
+    # Derived values ---------------------------------------------------------------------------
+
+    def path(self, value: str) -> Path:
+        """A path from the config, relative to the data directory unless absolute."""
+        p = Path(value)
+        return p if p.is_absolute() else self.data_dir / p
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.data_dir / 'hsmca.db').resolve()}"
+
+    @property
+    def root_token_label(self) -> str:
+        return self.hsm.root_token_label or self.hsm.token_label
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {key!r}")
+        else:
+            lines.append(f"{source}: {key}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """``HSMCA_SECTION_KEY=value`` → ``{section: {key: value}}``; unknown names are refused."""
+    sections = {
+        name: model
+        for name, model in (
+            ("server", ServerConfig),
+            ("database", DatabaseConfig),
+            ("hsm", HsmConfig),
+            ("ca", CaConfig),
+        )
+    }
+    out: dict[str, dict[str, str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in SPECIAL_ENV:
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        model = sections.get(section)
+        if model is None or key not in model.model_fields:
+            raise ConfigError(f"environment: unknown setting {name} (no key {section}.{key})")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def load_config(
+    data_dir: Path, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> AppConfig:
+    """Load ``hsmca.toml`` from ``data_dir`` (or ``path``), apply env overrides, validate strictly."""
+    environ = os.environ if environ is None else environ
+    data_dir = Path(data_dir).resolve()
+    path = Path(environ.get("HSMCA_CONFIG") or path or data_dir / CONFIG_FILE)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        if "data_dir" in raw:
+            raise ConfigError(f"{path}: unknown key 'data_dir' (use --data-dir or HSMCA_HOME)")
+    try:
+        base = AppConfig.model_validate({**raw, "data_dir": data_dir})
+    except ValidationError as exc:
+        raise ConfigError(_format_error(str(path), exc)) from None
+    overrides = _env_overrides(environ)
+    if overrides:
+        merged = base.model_dump()
+        for section, values in overrides.items():
+            merged[section].update(values)
+        try:
+            base = AppConfig.model_validate(merged)
+        except ValidationError as exc:
+            raise ConfigError(_format_error("environment", exc)) from None
+    _check_profiles(base)
+    return base
+
+
+def _check_profiles(config: AppConfig) -> None:
+    from ca.profiles import Profile  # late: profiles imports config types
+
+    for name, profile in config.profiles.items():
+        Profile.from_config(name, profile, config.ca.default_issuer)
+
+
+def render_toml(config: AppConfig) -> str:
+    """The config as the TOML ``hsmca init`` writes (every key, so operators see what exists)."""
+    data = config.model_dump(mode="json", exclude={"data_dir"})
+    lines = ["# hsmca configuration. Environment variables HSMCA_<SECTION>_<KEY> override keys.", ""]
+    for section in ("server", "database", "hsm", "ca"):
+        lines.append(f"[{section}]")
+        for key, value in data[section].items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    for name, profile in data["profiles"].items():
+        lines.append(f"[profiles.{name}]")
+        for key, value in profile.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+# --- PINs -------------------------------------------------------------------------------------
+
+
+def read_pin_file(path: Path) -> str:
+    """Read a PIN file, refusing one that others may read (mode must be 0600 or stricter)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"PIN file {path} does not exist") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"PIN file {path} must have mode 0600 (it is {stat.S_IMODE(st.st_mode):04o})")
+    pin = path.read_text(encoding="utf-8").strip()
+    if not pin:
+        raise ConfigError(f"PIN file {path} is empty")
+    return pin
+
+
+def pin_sources(
+    config: AppConfig, environ: Mapping[str, str] | None = None
+) -> dict[str, Callable[[], str]]:
+    """Token label → a callable returning its user PIN (env first, then the PIN file)."""
+    environ = os.environ if environ is None else environ
+
+    def source(env_name: str, file_value: str) -> Callable[[], str]:
+        def read() -> str:
+            if environ.get(env_name):
+                return environ[env_name]
+            return read_pin_file(config.path(file_value))
+
+        return read
+
+    pins = {config.hsm.token_label: source("HSMCA_HSM_PIN", config.hsm.pin_file)}
+    if config.hsm.root_token_label and config.hsm.root_token_label != config.hsm.token_label:
+        pins[config.hsm.root_token_label] = source(
+            "HSMCA_HSM_ROOT_PIN", config.hsm.root_pin_file or config.hsm.pin_file
+        )
+    return pins

@@ -1,0 +1,314 @@
+"""Issuance: the one path every front end (CLI, REST, ACME) uses.
+
+Step 1  check the CSR and the profile (pure; a denial is audited and nothing else changes).
+Step 2  reserve a serial and record the intent with its audit event, and commit.
+Step 3  sign once in the HSM and verify the signature against the issuer's public key.
+Step 4  store the certificate with its audit event, and commit; only then is it returned.
+
+A crash between any two steps leaves a pending intent: :func:`recover_intents` resolves it at
+start-up (abandoned, audited; the serial is never used again). A certificate is stored only if
+its intent is still pending in the same transaction, so a late writer cannot resurrect an
+abandoned serial.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.authority import Authority, LoadedIssuer, fingerprint, serial_hex
+from ca.csr import CsrFacts, check_csr
+from ca.errors import BadCSR, BadPublicKey, CAError, StoreError
+from ca.profiles import Profile
+from ca.x509build import build_leaf, leaf_validity
+
+#: Called with the name of each step reached ("intent", "signed", "stored"): crash tests hook here.
+StepHook = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class IssuanceRequest:
+    """What a front end asks for."""
+
+    csr: bytes
+    profile: str
+    requester: str
+    validity_days: int | None = None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """A stored and audited certificate with the chain to hand out beside it."""
+
+    serial: str
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    profile: str
+    issuer: str
+
+    def pem_chain(self) -> bytes:
+        """Leaf followed by the intermediates (RFC 8555 ``application/pem-certificate-chain``)."""
+        enc = serialization.Encoding.PEM
+        return b"".join(c.public_bytes(enc) for c in (self.certificate, *self.chain))
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    request: IssuanceRequest
+    facts: CsrFacts
+    profile: Profile
+    issuer: LoadedIssuer
+    not_before: datetime
+    not_after: datetime
+
+
+def new_serial() -> int:
+    """A positive 128-bit serial from ``secrets`` (RFC 5280 allows up to 20 octets)."""
+    while True:
+        serial = secrets.randbits(128)
+        if serial >= 1 << 64:  # keeps at least 64 bits of entropy visible in every serial
+            return serial
+
+
+def _check(auth: Authority, req: IssuanceRequest, now: datetime) -> _Prepared:
+    """Step 1: every check that needs no state change. Raises a CAError naming the problem."""
+    profile = auth.profile(req.profile)
+    facts = check_csr(req.csr)
+    if facts.key_type not in profile.key_types:
+        raise BadPublicKey(
+            f"profile {profile.name!r} does not accept {facts.key_type} keys "
+            f"(accepted: {', '.join(sorted(profile.key_types))})"
+        )
+    if profile.require_san and not (facts.dns_names or facts.ip_addresses):
+        raise BadCSR("CSR names no DNS name or IP address (in subjectAltName or CN)")
+    validity = None
+    if req.validity_days is not None:
+        if req.validity_days < 1:
+            raise BadCSR("validity_days must be at least 1")
+        validity = timedelta(days=req.validity_days)
+        if validity > profile.max_validity:
+            raise BadCSR(
+                f"validity of {req.validity_days} days exceeds profile {profile.name!r} maximum "
+                f"of {profile.max_validity.days} days"
+            )
+    issuer = auth.issuer(profile.issuer)
+    not_before, not_after = leaf_validity(profile, now, issuer.certificate, validity)
+    return _Prepared(req, facts, profile, issuer, not_before, not_after)
+
+
+def _deny(auth: Authority, req: IssuanceRequest, error: CAError) -> None:
+    details: dict[str, Any] = {
+        "profile": req.profile,
+        "reason": str(error),
+        "error": error.kind,
+        "request_bytes": len(req.csr),
+    }
+    try:
+        # Identify the request without trusting it: a hash of whatever bytes were sent.
+        import hashlib
+
+        details["request_sha256"] = hashlib.sha256(req.csr).hexdigest()
+    except Exception:  # pragma: no cover - hashing bytes cannot fail
+        pass
+    auth.audit(req.requester, "certificate.denied", req.profile, details)
+
+
+def issue(auth: Authority, req: IssuanceRequest, on_step: StepHook | None = None) -> IssuedCertificate:
+    """Issue one certificate; raises the CAError of a denial (which is audited first)."""
+    result = issue_many(auth, [req], on_step)[0]
+    if isinstance(result, CAError):
+        raise result
+    return result
+
+
+def issue_many(
+    auth: Authority, requests: Sequence[IssuanceRequest], on_step: StepHook | None = None
+) -> list[IssuedCertificate | CAError]:
+    """Issue a batch: one intent transaction and one store transaction for the whole batch.
+
+    Returns, per request, its certificate or the error that denied it. Batching is how several
+    concurrent requests share the cost of a durable commit (group commit).
+    """
+    now = auth.now()
+    results: list[IssuedCertificate | CAError | None] = [None] * len(requests)
+    prepared: list[tuple[int, _Prepared]] = []
+    for i, req in enumerate(requests):
+        try:
+            prepared.append((i, _check(auth, req, now)))
+        except CAError as exc:
+            if isinstance(exc, StoreError):
+                raise
+            _deny(auth, req, exc)
+            results[i] = exc
+    if not prepared:
+        return [r for r in results if r is not None]
+
+    # Step 2: reserve serials and record intents, with their audit events, in one commit.
+    serials: list[str] = []
+    builders = []
+    intent_rows = []
+    audit_events = []
+    with auth.db.write() as conn:
+        for _, p in prepared:
+            serial = new_serial()
+            while auth.db.serial_taken(conn, serial_hex(serial)):  # 2^-128 odds, but never twice
+                serial = new_serial()
+            s = serial_hex(serial)
+            serials.append(s)
+            builders.append(
+                build_leaf(
+                    p.facts, p.profile, p.issuer.certificate, serial, p.not_before, p.not_after, p.issuer.urls
+                )
+            )
+            details = {
+                "serial": s,
+                "issuer": p.issuer.name,
+                "profile": p.profile.name,
+                "subject_cn": p.facts.common_name,
+                "sans": p.facts.san_strings(),
+                "key_type": p.facts.key_type,
+                "not_before": _iso(p.not_before),
+                "not_after": _iso(p.not_after),
+                "request_sha256": p.facts.der_sha256,
+                "ignored_csr_extensions": list(p.facts.ignored_extensions),
+            }
+            intent_rows.append(
+                {
+                    "serial": s,
+                    "issuer_name": p.issuer.name,
+                    "profile": p.profile.name,
+                    "requester": p.request.requester,
+                    "request_sha256": p.facts.der_sha256,
+                    "details": json.dumps(details, sort_keys=True),
+                    "state": "pending",
+                    "created_at": now,
+                }
+            )
+            audit_events.append((p.request.requester, "certificate.requested", s, details))
+        auth.db.add_intents(conn, intent_rows)
+        auth.db.append_audit_many(conn, now, audit_events)
+    if on_step:
+        on_step("intent")
+
+    # Step 3: sign once each in the HSM; check each signature before anything is stored.
+    certs: list[x509.Certificate] = []
+    try:
+        for (_, p), builder in zip(prepared, builders, strict=True):
+            cert = builder.sign(p.issuer.key, p.issuer.hash_algorithm)
+            cert.verify_directly_issued_by(p.issuer.certificate)
+            certs.append(cert)
+    except Exception as exc:
+        _abandon(auth, serials, f"signing failed: {type(exc).__name__}: {exc}")
+        raise
+    if on_step:
+        on_step("signed")
+
+    # Step 4: store the certificates and their audit events; the intents must still be pending.
+    stored_at = auth.now()
+    cert_rows = []
+    issued_events = []
+    for (_, p), s, cert in zip(prepared, serials, certs, strict=True):
+        fp = fingerprint(cert)
+        cert_rows.append(
+            {
+                "serial": s,
+                "issuer_id": p.issuer.row.id,
+                "subject": cert.subject.rfc4514_string(),
+                "sans": json.dumps(p.facts.san_strings()),
+                "key_type": p.facts.key_type,
+                "not_before": cert.not_valid_before_utc,
+                "not_after": cert.not_valid_after_utc,
+                "profile": p.profile.name,
+                "requester": p.request.requester,
+                "status": "issued",
+                "der": cert.public_bytes(serialization.Encoding.DER),
+                "fingerprint_sha256": fp,
+                "created_at": stored_at,
+            }
+        )
+        issued_events.append(
+            (
+                p.request.requester,
+                "certificate.issued",
+                s,
+                {"serial": s, "issuer": p.issuer.name, "profile": p.profile.name, "fingerprint_sha256": fp},
+            )
+        )
+    with auth.db.write() as conn:
+        if auth.db.complete_intents(conn, serials, stored_at) != len(serials):
+            raise _IntentGone(serials)
+        auth.db.add_certificates(conn, cert_rows)
+        auth.db.append_audit_many(conn, stored_at, issued_events)
+    if on_step:
+        on_step("stored")
+
+    for (i, p), s, cert in zip(prepared, serials, certs, strict=True):
+        results[i] = IssuedCertificate(s, cert, p.issuer.chain, p.profile.name, p.issuer.name)
+    return [r for r in results if r is not None]
+
+
+class _IntentGone(StoreError):
+    def __init__(self, serials: list[str]) -> None:
+        super().__init__(
+            "an issuance intent was resolved by recovery before its certificate was stored; "
+            "the certificate was discarded and its serial will not be reused"
+        )
+        self.serials = serials
+
+
+def _abandon(auth: Authority, serials: list[str], reason: str) -> None:
+    now = auth.now()
+    with auth.db.write() as conn:
+        events = []
+        for s in serials:
+            if auth.db.abandon_intent(conn, s, now):
+                events.append(("hsmca", "certificate.intent_abandoned", s, {"serial": s, "reason": reason}))
+        if events:
+            auth.db.append_audit_many(conn, now, events)
+
+
+def recover_intents(auth: Authority, older_than: timedelta = timedelta(seconds=0)) -> list[str]:
+    """Resolve pending intents left by a crash (older than ``older_than``): abandon and audit them.
+
+    A crashed issuance never handed its certificate to anyone (we return only after storing), so
+    abandoning is safe; the serial stays reserved forever. Returns the serials resolved.
+    """
+    cutoff = auth.now() - older_than
+    pending = auth.db.pending_intents(older_than=cutoff)
+    resolved = []
+    now = auth.now()
+    for intent in pending:
+        with auth.db.write() as conn:
+            # If the certificate did get stored (it cannot without completing the intent, but be
+            # defensive), the intent is marked issued instead.
+            if auth.db.certificate_exists(conn, intent["serial"]):
+                auth.db.complete_intents(conn, [intent["serial"]], now)
+                continue
+            if auth.db.abandon_intent(conn, intent["serial"], now):
+                auth.db.append_audit(
+                    conn,
+                    now,
+                    "hsmca",
+                    "certificate.intent_abandoned",
+                    intent["serial"],
+                    {
+                        "serial": intent["serial"],
+                        "issuer": intent["issuer_name"],
+                        "profile": intent["profile"],
+                        "requester": intent["requester"],
+                        "reason": "found pending at start-up (the issuing process stopped before storing)",
+                    },
+                )
+                resolved.append(intent["serial"])
+    return resolved
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

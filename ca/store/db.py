@@ -1,0 +1,361 @@
+"""The database: engine set-up (SQLite WAL + synchronous=FULL, or PostgreSQL), write transactions
+that serialise audit appends, and the queries the core needs.
+
+Every write transaction takes the writer lock first (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: a
+transaction-scoped advisory lock), so the audit chain has exactly one writer at a time and can
+neither fork nor gap. The state change and its audit event commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from ca import audit
+from ca.errors import NotFound, StoreError
+from ca.store import tables as t
+
+_AUDIT_LOCK_KEY = 0x6873_6D63_6100  # "hsmca" — the PostgreSQL advisory lock of the writer
+
+
+def make_engine(url: str, echo: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, synchronous=FULL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy, not pysqlite, decide when transactions begin (see "begin" below).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # IMMEDIATE takes the write lock at BEGIN: no two writers ever read the same chain head.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+@dataclass(frozen=True)
+class CertificateRow:
+    """A stored certificate as the core sees it."""
+
+    serial: str
+    issuer_id: int
+    issuer_name: str
+    subject: str
+    sans: list[str]
+    key_type: str
+    not_before: datetime
+    not_after: datetime
+    profile: str
+    requester: str
+    status: str
+    der: bytes
+    fingerprint_sha256: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CaRow:
+    """A CA of the hierarchy as stored."""
+
+    id: int
+    name: str
+    parent_id: int | None
+    subject: str
+    serial: str
+    key_token: str
+    key_label: str
+    key_id: str
+    key_type: str
+    certificate_der: bytes
+    fingerprint_sha256: str
+    not_before: datetime
+    not_after: datetime
+    status: str
+
+
+class Database:
+    """The store of one installation. Safe to share between threads; create one per process."""
+
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = url
+        self.engine = make_engine(url, echo)
+        self.is_sqlite = url.startswith("sqlite")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # Schema ------------------------------------------------------------------------------------
+
+    def upgrade(self) -> str:
+        """Apply Alembic migrations up to head; return the revision now current."""
+        from ca.store.migrate import upgrade
+
+        return upgrade(self.engine)
+
+    def create_sqlite_parent(self) -> None:
+        if self.is_sqlite:
+            path = self.url.split("sqlite:///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    # Transactions ------------------------------------------------------------------------------
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction holding the writer lock; commits on success, rolls back on error.
+
+        Database failures (full disk, read-only file, lost server) become :class:`StoreError`.
+        """
+        try:
+            with self.engine.begin() as conn:
+                if not self.is_sqlite:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
+                yield conn
+        except IntegrityError as exc:
+            raise StoreError(f"database refused the change (constraint: {_short(exc)})") from exc
+        except OperationalError as exc:
+            raise StoreError(f"database unavailable or read-only: {_short(exc)}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only connection (no writer lock)."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database unavailable: {_short(exc)}") from exc
+
+    # Audit -------------------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        conn: Connection,
+        now: datetime,
+        actor: str,
+        action: str,
+        subject: str,
+        details: Mapping[str, Any],
+    ) -> audit.AuditEntry:
+        """Append one event to the chain inside ``conn``'s transaction (which holds the writer lock)."""
+        return self.append_audit_many(conn, now, [(actor, action, subject, details)])[-1]
+
+    def append_audit_many(
+        self,
+        conn: Connection,
+        now: datetime,
+        events: Sequence[tuple[str, str, str, Mapping[str, Any]]],
+    ) -> list[audit.AuditEntry]:
+        """Append ``(actor, action, subject, details)`` events in order, in ``conn``'s transaction."""
+        head = conn.execute(
+            select(t.AuditEvent.seq, t.AuditEvent.hash).order_by(t.AuditEvent.seq.desc()).limit(1)
+        ).first()
+        prev = (int(head[0]), bytes.fromhex(head[1])) if head else None
+        time = audit.rfc3339(now)
+        entries = []
+        for actor, action, subject, details in events:
+            entry = audit.next_entry(prev, time, actor, action, subject, details)
+            entries.append(entry)
+            prev = (entry.seq, entry.hash)
+        conn.execute(
+            insert(t.AuditEvent),
+            [
+                {
+                    "seq": e.seq,
+                    "time": e.time,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject": e.subject,
+                    "details": audit.canonical_json(dict(e.details)).decode("utf-8"),
+                    "prev_hash": e.prev_hash.hex(),
+                    "hash": e.hash.hex(),
+                }
+                for e in entries
+            ],
+        )
+        return entries
+
+    def audit_entries(self, after_seq: int = 0, batch: int = 5000) -> Iterator[audit.AuditEntry]:
+        """Every audit entry after ``after_seq`` in order, read in batches."""
+        last = after_seq
+        while True:
+            with self.read() as conn:
+                rows = conn.execute(
+                    select(t.AuditEvent.__table__).where(t.AuditEvent.seq > last).order_by(t.AuditEvent.seq).limit(batch)
+                ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield _entry_from_row(row)
+                last = row.seq
+
+    def audit_events(self, action: str | None = None) -> list[audit.AuditEntry]:
+        """Audit entries, optionally only one action (for tests and `hsmca audit`)."""
+        query = select(t.AuditEvent.__table__).order_by(t.AuditEvent.seq)
+        if action:
+            query = query.where(t.AuditEvent.action == action)
+        with self.read() as conn:
+            return [_entry_from_row(r) for r in conn.execute(query).all()]
+
+    # CAs ---------------------------------------------------------------------------------------
+
+    def add_ca(self, conn: Connection, row: Mapping[str, Any]) -> int:
+        result = conn.execute(insert(t.CertificateAuthority).returning(t.CertificateAuthority.id), dict(row))
+        return int(result.scalar_one())
+
+    def get_ca(self, name: str) -> CaRow:
+        with self.read() as conn:
+            row = conn.execute(
+                select(t.CertificateAuthority.__table__).where(t.CertificateAuthority.name == name)
+            ).first()
+        if row is None:
+            raise NotFound(f"no CA named {name!r}")
+        return _ca_from_row(row)
+
+    def list_cas(self) -> list[CaRow]:
+        with self.read() as conn:
+            rows = conn.execute(select(t.CertificateAuthority.__table__).order_by(t.CertificateAuthority.id)).all()
+        return [_ca_from_row(r) for r in rows]
+
+    # Intents and certificates ------------------------------------------------------------------
+
+    def serial_taken(self, conn: Connection, serial: str) -> bool:
+        found = conn.execute(
+            select(t.IssuanceIntent.id).where(t.IssuanceIntent.serial == serial)
+        ).first()
+        return found is not None
+
+    def add_intents(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        conn.execute(insert(t.IssuanceIntent), [dict(r) for r in rows])
+
+    def complete_intents(self, conn: Connection, serials: Sequence[str], now: datetime) -> int:
+        """Mark pending intents issued; returns how many were still pending."""
+        result = conn.execute(
+            update(t.IssuanceIntent)
+            .where(t.IssuanceIntent.serial.in_(serials), t.IssuanceIntent.state == "pending")
+            .values(state="issued", resolved_at=now)
+        )
+        return int(result.rowcount)
+
+    def add_certificates(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        conn.execute(insert(t.Certificate), [dict(r) for r in rows])
+
+    def pending_intents(self, older_than: datetime | None = None) -> list[dict[str, Any]]:
+        query = select(t.IssuanceIntent.__table__).where(t.IssuanceIntent.state == "pending")
+        if older_than is not None:
+            query = query.where(t.IssuanceIntent.created_at < older_than)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query.order_by(t.IssuanceIntent.id)).all()]
+
+    def abandon_intent(self, conn: Connection, serial: str, now: datetime) -> bool:
+        """Mark a pending intent abandoned (its serial stays reserved); False if no longer pending."""
+        result = conn.execute(
+            update(t.IssuanceIntent)
+            .where(t.IssuanceIntent.serial == serial, t.IssuanceIntent.state == "pending")
+            .values(state="abandoned", resolved_at=now)
+        )
+        return int(result.rowcount) == 1
+
+    def certificate_exists(self, conn: Connection, serial: str) -> bool:
+        return conn.execute(select(t.Certificate.id).where(t.Certificate.serial == serial)).first() is not None
+
+    def get_certificate(self, serial: str) -> CertificateRow:
+        query = (
+            select(t.Certificate.__table__, t.CertificateAuthority.name.label("issuer_name"))
+            .join(t.CertificateAuthority, t.Certificate.issuer_id == t.CertificateAuthority.id)
+            .where(t.Certificate.serial == serial)
+        )
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            raise NotFound(f"no certificate with serial {serial}")
+        return _cert_from_row(row)
+
+    def list_certificates(self, limit: int = 1000) -> list[CertificateRow]:
+        query = (
+            select(t.Certificate.__table__, t.CertificateAuthority.name.label("issuer_name"))
+            .join(t.CertificateAuthority, t.Certificate.issuer_id == t.CertificateAuthority.id)
+            .order_by(t.Certificate.id)
+            .limit(limit)
+        )
+        with self.read() as conn:
+            return [_cert_from_row(r) for r in conn.execute(query).all()]
+
+    def count(self, table: type[t.Base]) -> int:
+        with self.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+
+def _entry_from_row(row: Any) -> audit.AuditEntry:
+    return audit.AuditEntry(
+        seq=int(row.seq),
+        time=row.time,
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        details=_json_or_marker(row.details),
+        prev_hash=_hex_or_marker(row.prev_hash),
+        hash=_hex_or_marker(row.hash),
+    )
+
+
+def _json_or_marker(text_value: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text_value)
+    except (TypeError, ValueError):
+        return {"__unparseable__": str(text_value)}
+    return value if isinstance(value, dict) else {"__not_an_object__": value}
+
+
+def _hex_or_marker(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        return b"\xff" * 33  # can never equal a SHA-256 digest: verification reports it
+
+
+def _ca_from_row(row: Any) -> CaRow:
+    m = row._mapping
+    return CaRow(**{f: m[f] for f in CaRow.__dataclass_fields__})
+
+
+def _cert_from_row(row: Any) -> CertificateRow:
+    cert = row
+    return CertificateRow(
+        serial=cert.serial,
+        issuer_id=cert.issuer_id,
+        issuer_name=row.issuer_name,
+        subject=cert.subject,
+        sans=json.loads(cert.sans),
+        key_type=cert.key_type,
+        not_before=cert.not_before,
+        not_after=cert.not_after,
+        profile=cert.profile,
+        requester=cert.requester,
+        status=cert.status,
+        der=cert.der,
+        fingerprint_sha256=cert.fingerprint_sha256,
+        created_at=cert.created_at,
+    )
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    return (str(orig) if orig is not None else str(exc)).splitlines()[0][:200]

@@ -1,0 +1,220 @@
+"""Building X.509 certificates (pure: returns cryptography builders; signing happens elsewhere).
+
+Profiles follow the CA/Browser Forum TLS profile although the CA is private, so TLS stacks and
+linters (pkilint) treat our certificates like public ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+from ca.csr import CsrFacts
+from ca.keys import PublicKey
+from ca.profiles import Profile
+
+ANY_POLICY = x509.ObjectIdentifier("2.5.29.32.0")
+
+
+@dataclass(frozen=True)
+class CaUrls:
+    """The http URLs a certificate issued by one CA points to."""
+
+    ca_issuers: str  # the issuer's certificate (DER)
+    ocsp: str
+    crl: str
+
+    @classmethod
+    def for_issuer(cls, public_base_url: str, issuer_name: str) -> CaUrls:
+        base = public_base_url.rstrip("/")
+        return cls(
+            ca_issuers=f"{base}/ca/{issuer_name}.crt",
+            ocsp=f"{base}/ocsp",
+            crl=f"{base}/crl/{issuer_name}.crl",
+        )
+
+
+def ca_subject(common_name: str, organization: str, country: str = "") -> x509.Name:
+    """A CA's distinguished name: C (if set), O, CN."""
+    attrs = []
+    if country:
+        attrs.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
+    if organization:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def build_root(
+    subject: x509.Name, public_key: PublicKey, serial: int, not_before: datetime, not_after: datetime
+) -> x509.CertificateBuilder:
+    """A self-signed root: CA critical, keyCertSign+cRLSign critical, SKI."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+
+
+def build_intermediate(
+    subject: x509.Name,
+    public_key: PublicKey,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    urls: CaUrls,
+) -> x509.CertificateBuilder:
+    """An issuing CA under ``issuer``: pathLen 0, AKI/SKI, AIA, CDP, anyPolicy."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(min(not_after, issuer.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_aki(issuer), critical=False)
+        .add_extension(_aia(urls), critical=False)
+        .add_extension(_cdp(urls), critical=False)
+        .add_extension(
+            x509.CertificatePolicies([x509.PolicyInformation(ANY_POLICY, None)]), critical=False
+        )
+    )
+
+
+def leaf_validity(
+    profile: Profile, now: datetime, issuer: x509.Certificate, validity: timedelta | None = None
+) -> tuple[datetime, datetime]:
+    """notBefore (backdated per profile) and notAfter (never beyond the issuer's)."""
+    span = validity or profile.validity
+    not_before = (now - profile.backdate).replace(microsecond=0)
+    # RFC 5280 validity is inclusive of both ends: subtract a second so "90 days" is 90 days.
+    not_after = min(not_before + span - timedelta(seconds=1), issuer.not_valid_after_utc)
+    return not_before, not_after
+
+
+def build_leaf(
+    facts: CsrFacts,
+    profile: Profile,
+    issuer: x509.Certificate,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    urls: CaUrls,
+) -> x509.CertificateBuilder:
+    """An end-entity certificate from checked CSR facts; no CSR extension is ever copied."""
+    public_key = facts.public_key
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in facts.dns_names]
+    sans += [x509.IPAddress(ip) for ip in facts.ip_addresses]
+    subject = (
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, facts.common_name)])
+        if facts.common_name
+        else x509.Name([])
+    )
+    is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(_aki(issuer), critical=False)
+        .add_extension(_aia(urls), critical=False)
+        .add_extension(_cdp(urls), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                # RSA keys may also be used for RSA key transport; EC keys must not claim it.
+                key_encipherment=not is_ec,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    if profile.extended_key_usage:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(list(profile.extended_key_usage)), critical=False
+        )
+    if profile.certificate_policies:
+        builder = builder.add_extension(
+            x509.CertificatePolicies(
+                [x509.PolicyInformation(oid, None) for oid in profile.certificate_policies]
+            ),
+            critical=False,
+        )
+    if sans:
+        # RFC 5280 4.2.1.6: with an empty subject the SAN extension is critical.
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(sans), critical=not facts.common_name
+        )
+    return builder
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
+
+
+def _aia(urls: CaUrls) -> x509.AuthorityInformationAccess:
+    return x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)),
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_issuers)
+            ),
+        ]
+    )
+
+
+def _cdp(urls: CaUrls) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(urls.crl)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )

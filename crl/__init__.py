@@ -1,0 +1,1 @@
+"""CRL: placeholder package; built in a later issue on the ca core."""

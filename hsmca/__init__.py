@@ -1,0 +1,1 @@
+"""Composition roots: CLI, WSGI entry point, scheduler wiring."""

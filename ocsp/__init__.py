@@ -1,0 +1,1 @@
+"""OCSP: placeholder package; built in a later issue on the ca core."""
