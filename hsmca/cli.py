@@ -1,0 +1,414 @@
+"""The ``hsmca`` command line (click). Composition root: wires config, store, HSM and core."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca.audit import verify_chain
+from ca.authority import Authority, normalize_serial
+from ca.config import CONFIG_FILE, AppConfig, load_config, render_toml
+from ca.errors import AuditChainBroken, CAError, ConfigError, NotFound
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _default_data_dir() -> Path:
+    if os.environ.get("HSMCA_HOME"):
+        return Path(os.environ["HSMCA_HOME"])
+    if os.geteuid() == 0:
+        return Path("/var/lib/hsmca")
+    return Path.home() / ".local/share/hsmca"
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"hsmca: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn core errors into one line on stderr and exit status 1 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except AuditChainBroken as exc:
+            _fail(str(exc), 3)
+        except CAError as exc:
+            _fail(str(exc))
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Ctx:
+    """Lazily loaded config and authority for a command."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._config: AppConfig | None = None
+        self._auth: Authority | None = None
+
+    @property
+    def config(self) -> AppConfig:
+        if self._config is None:
+            if not (self.data_dir / CONFIG_FILE).exists() and not os.environ.get("HSMCA_CONFIG"):
+                raise ConfigError(
+                    f"{self.data_dir / CONFIG_FILE} not found: run 'hsmca init' or pass --data-dir"
+                )
+            self._config = load_config(self.data_dir)
+        return self._config
+
+    @property
+    def auth(self) -> Authority:
+        if self._auth is None:
+            self._auth = Authority.from_config(self.config)
+        return self._auth
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Data directory (config, database, SoftHSM token). Default: $HSMCA_HOME or /var/lib/hsmca.",
+)
+@click.version_option(package_name="hsmca")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path | None) -> None:
+    """hsmca - a private certificate authority whose keys live in a PKCS#11 HSM.
+
+    \b
+    Start:     hsmca init && hsmca serve
+    Issue:     hsmca issue --csr server.csr --profile server --out server.pem
+    Inspect:   hsmca ca list | hsmca cert show SERIAL | hsmca audit verify
+    """
+    ctx.obj = Ctx((data_dir or _default_data_dir()).absolute())
+
+
+# --- init -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--public-url", default=None, help="http base URL put in AIA/CDP (default http://127.0.0.1:8080).")
+@click.option("--root-key", default=None, help="Root key type, e.g. ec:P-384 (default) or rsa:4096.")
+@click.option("--issuing-key", default=None, help="Issuing CA key type, e.g. ec:P-256 (default).")
+@pass_ctx
+@handle_errors
+def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str | None) -> None:
+    """Create the data directory, HSM token, database, root CA and issuing CA.
+
+    On the embedded default a SoftHSM2 token is made in DATA_DIR/softhsm with random user and SO
+    PINs in DATA_DIR/pins (mode 0600). With another PKCS#11 module, write hsmca.toml first
+    ([hsm] module, token_label, pin_file) and the token must exist.
+    """
+    from ca.hierarchy import create_intermediate, create_root
+
+    data = c.data_dir
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg_path = data / CONFIG_FILE
+    if not cfg_path.exists():
+        _write_embedded_config(data, public_url, root_key, issuing_key)
+        click.echo(f"wrote {cfg_path}")
+    elif public_url or root_key or issuing_key:
+        raise ConfigError(f"{cfg_path} exists: edit it instead of passing options")
+    cfg = c.config
+    if cfg.hsm.softhsm_conf:
+        _make_softhsm_tokens(cfg)
+    auth = c.auth
+    click.echo("database: applying migrations ...")
+    revision = auth.db.upgrade()
+    click.echo(f"database: at revision {revision} ({_safe_url(cfg.database_url)})")
+    if auth.db.list_cas():
+        raise ConfigError(f"{data} is already initialised (CAs exist); see 'hsmca ca list'")
+    click.echo(f"root CA {cfg.ca.root_name!r}: generating {cfg.ca.root_key} key in token {cfg.root_token_label!r} ...")
+    root = create_root(auth, actor=_actor())
+    click.echo(f"root CA {root.name!r}: {root.certificate.subject.rfc4514_string()}")
+    click.echo(
+        f"issuing CA {cfg.ca.intermediate_name!r}: generating {cfg.ca.intermediate_key} key "
+        f"in token {cfg.hsm.token_label!r} ..."
+    )
+    inter = create_intermediate(
+        auth, cfg.ca.intermediate_name, common_name=cfg.ca.intermediate_common_name, actor=_actor()
+    )
+    click.echo(f"issuing CA {inter.name!r}: {inter.certificate.subject.rfc4514_string()}")
+    click.echo(f"done. Start the CA with: hsmca --data-dir {data} serve")
+
+
+def _write_embedded_config(
+    data: Path, public_url: str | None, root_key: str | None, issuing_key: str | None
+) -> None:
+    from ca.config import AppConfig, CaConfig, HsmConfig, ServerConfig
+
+    try:
+        from softhsm import find_module
+
+        module = find_module()
+    except Exception as exc:  # noqa: BLE001 - report any reason SoftHSM is missing
+        raise ConfigError(str(exc)) from None
+    base = AppConfig(data_dir=data)
+    try:
+        cfg = base.model_copy(
+            update={
+                "server": ServerConfig(public_base_url=public_url) if public_url else base.server,
+                "hsm": HsmConfig(module=module, softhsm_conf="softhsm/softhsm2.conf"),
+                "ca": CaConfig(
+                    root_key=root_key or base.ca.root_key,
+                    intermediate_key=issuing_key or base.ca.intermediate_key,
+                ),
+            }
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc).splitlines()[0]) from None
+    fd = os.open(data / CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(render_toml(cfg))
+
+
+def _make_softhsm_tokens(cfg: AppConfig) -> None:
+    from softhsm import create_token, random_pin, token_exists, write_config, write_pin_file
+
+    conf = cfg.path(cfg.hsm.softhsm_conf)
+    if not conf.exists():
+        write_config(conf.parent)
+    os.environ.setdefault("SOFTHSM2_CONF", str(conf))
+    tokens = [(cfg.hsm.token_label, cfg.hsm.pin_file)]
+    if cfg.root_token_label != cfg.hsm.token_label:
+        tokens.append((cfg.root_token_label, cfg.hsm.root_pin_file or cfg.hsm.pin_file))
+    for label, pin_file in tokens:
+        if token_exists(conf, label):
+            continue
+        click.echo(f"softhsm: creating token {label!r} in {conf.parent} ...")
+        pin_path = cfg.path(pin_file)
+        user_pin = pin_path.read_text().strip() if pin_path.exists() else random_pin()
+        so_pin = random_pin()
+        write_pin_file(pin_path, user_pin)
+        write_pin_file(cfg.path(cfg.hsm.so_pin_file if label == cfg.hsm.token_label else f"pins/{label}-so.pin"), so_pin)
+        create_token(conf.parent, label, user_pin, so_pin)
+
+
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
+
+
+# --- ca ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def ca() -> None:
+    """Manage the CA hierarchy (root and issuing CAs)."""
+
+
+@ca.command("list")
+@pass_ctx
+@handle_errors
+def ca_list(c: Ctx) -> None:
+    """List the CAs: name, parent, key type, validity, subject."""
+    cas = c.auth.db.list_cas()
+    by_id = {x.id: x.name for x in cas}
+    click.echo(f"{'NAME':<16} {'PARENT':<12} {'KEY':<10} {'NOT AFTER':<21} SUBJECT")
+    for x in cas:
+        parent = by_id.get(x.parent_id, "-") if x.parent_id else "-"
+        click.echo(
+            f"{x.name:<16} {parent:<12} {x.key_type:<10} {x.not_after:%Y-%m-%dT%H:%M:%SZ}  {x.subject}"
+        )
+
+
+@ca.command("show")
+@click.argument("name")
+@click.option("--pem", is_flag=True, help="Print only the certificate in PEM.")
+@pass_ctx
+@handle_errors
+def ca_show(c: Ctx, name: str, pem: bool) -> None:
+    """Show one CA (or its certificate with --pem)."""
+    row = c.auth.db.get_ca(name)
+    cert = x509.load_der_x509_certificate(row.certificate_der)
+    if pem:
+        click.echo(cert.public_bytes(serialization.Encoding.PEM).decode(), nl=False)
+        return
+    info = {
+        "name": row.name,
+        "subject": row.subject,
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": row.serial,
+        "not_before": f"{row.not_before:%Y-%m-%dT%H:%M:%SZ}",
+        "not_after": f"{row.not_after:%Y-%m-%dT%H:%M:%SZ}",
+        "key_type": row.key_type,
+        "key": {"token": row.key_token, "label": row.key_label, "id": row.key_id},
+        "sha256_fingerprint": row.fingerprint_sha256,
+        "status": row.status,
+    }
+    click.echo(json.dumps(info, indent=2))
+
+
+@ca.command("create-intermediate")
+@click.argument("name")
+@click.option("--cn", "common_name", default=None, help="Common name (default: '<organization> NAME CA').")
+@click.option("--key", default=None, help="Key type: ec:P-256, ec:P-384, rsa:2048, rsa:3072, rsa:4096.")
+@click.option("--days", type=int, default=None, help="Validity in days.")
+@click.option("--parent", default=None, help="Signing CA (default: the root).")
+@pass_ctx
+@handle_errors
+def ca_create_intermediate(
+    c: Ctx, name: str, common_name: str | None, key: str | None, days: int | None, parent: str | None
+) -> None:
+    """Create an issuing CA NAME signed by the root; its key is generated in the HSM."""
+    from ca.hierarchy import create_intermediate
+
+    click.echo(f"generating {key or c.config.ca.intermediate_key} key in token {c.config.hsm.token_label!r} ...")
+    created = create_intermediate(c.auth, name, common_name, key, days, parent, actor=_actor())
+    click.echo(f"created CA {created.name!r}: {created.certificate.subject.rfc4514_string()}")
+
+
+# --- issuance ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--csr", "csr_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSR file (PEM or DER).")
+@click.option("--profile", required=True, help="Issuance profile (e.g. server, client).")
+@click.option("--days", type=int, default=None, help="Validity in days (default: the profile's).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write certificate + chain (PEM) here instead of stdout.")
+@pass_ctx
+@handle_errors
+def issue(c: Ctx, csr_path: Path, profile: str, days: int | None, out: Path | None) -> None:
+    """Issue a certificate from a CSR under a profile; prints the certificate and chain in PEM."""
+    from ca.csr import MAX_CSR_BYTES
+    from ca.issuance import IssuanceRequest, issue as issue_certificate, recover_intents
+
+    with open(csr_path, "rb") as fh:
+        data = fh.read(MAX_CSR_BYTES + 1)  # never read an arbitrarily large file
+    auth = c.auth
+    recover_intents(auth, older_than=timedelta(minutes=5))
+    issued = issue_certificate(auth, IssuanceRequest(data, profile, _actor(), days))
+    pem = issued.pem_chain()
+    if out:
+        out.write_bytes(pem)
+        click.echo(f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer}) -> {out}", err=True)
+    else:
+        click.echo(pem.decode(), nl=False)
+        click.echo(f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer})", err=True)
+
+
+@main.group()
+def cert() -> None:
+    """Inspect issued certificates."""
+
+
+@cert.command("show")
+@click.argument("serial")
+@click.option("--pem", is_flag=True, help="Print only the certificate in PEM.")
+@pass_ctx
+@handle_errors
+def cert_show(c: Ctx, serial: str, pem: bool) -> None:
+    """Show the certificate with SERIAL (hex, colons allowed)."""
+    row = c.auth.db.get_certificate(normalize_serial(serial))
+    if pem:
+        cert_obj = x509.load_der_x509_certificate(row.der)
+        click.echo(cert_obj.public_bytes(serialization.Encoding.PEM).decode(), nl=False)
+        return
+    info = {
+        "serial": row.serial,
+        "issuer": row.issuer_name,
+        "subject": row.subject,
+        "sans": row.sans,
+        "key_type": row.key_type,
+        "not_before": f"{row.not_before:%Y-%m-%dT%H:%M:%SZ}",
+        "not_after": f"{row.not_after:%Y-%m-%dT%H:%M:%SZ}",
+        "profile": row.profile,
+        "requester": row.requester,
+        "status": row.status,
+        "sha256_fingerprint": row.fingerprint_sha256,
+        "issued_at": f"{row.created_at:%Y-%m-%dT%H:%M:%SZ}",
+    }
+    click.echo(json.dumps(info, indent=2))
+
+
+# --- audit, db --------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Inspect and verify the audit chain."""
+
+
+@audit.command("verify")
+@pass_ctx
+@handle_errors
+def audit_verify(c: Ctx) -> None:
+    """Walk the audit chain; exit 3 naming the first bad seq if it is broken."""
+    count = verify_chain(c.auth.db.audit_entries())
+    click.echo(f"audit chain OK: {count} events")
+
+
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@pass_ctx
+@handle_errors
+def db_upgrade(c: Ctx) -> None:
+    """Apply Alembic migrations up to the newest schema."""
+    c.auth.db.create_sqlite_parent()
+    revision = c.auth.db.upgrade()
+    click.echo(f"database at revision {revision}")
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--bind", default=None, help="host:port (default: [server] bind, 127.0.0.1:8080).")
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes.")
+@pass_ctx
+@handle_errors
+def serve(c: Ctx, bind: str | None, workers: int | None) -> None:
+    """Run the CA's HTTP server (gunicorn) on the configured address."""
+    from hsmca.server import run_gunicorn
+    from ca.issuance import recover_intents
+
+    cfg = c.config
+    auth = c.auth
+    resolved = recover_intents(auth, older_than=timedelta(seconds=60))
+    if resolved:
+        click.echo(f"recovered {len(resolved)} interrupted issuance(s): {', '.join(resolved)}", err=True)
+    try:
+        auth.db.get_ca(cfg.ca.default_issuer)
+    except NotFound:
+        raise ConfigError(f"issuing CA {cfg.ca.default_issuer!r} does not exist; run 'hsmca init'") from None
+    auth.db.dispose()  # no database connection crosses the fork into workers
+    os.environ["HSMCA_HOME"] = str(c.data_dir)
+    run_gunicorn(bind or cfg.server.bind, workers or cfg.server.workers, cfg.server.timeout_seconds)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
