@@ -67,7 +67,6 @@ class Cell:
     issuer: str
     kind: str
     rates: list[float] = field(default_factory=list)
-    counted: int = 0  # certificates actually issued by this cell (c and d)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -115,7 +114,8 @@ def _filesystem_of(path: Path) -> str:
         with open("/proc/mounts", encoding="utf-8") as f:
             for line in f:
                 dev, mnt, fstype = line.split()[:3]
-                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best[0]):
+                inside = target == mnt or target.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best[0]):
                     best = (mnt, fstype, dev)
         return f"{best[1]} ({best[2]} on {best[0]})"
     except Exception:
@@ -140,10 +140,12 @@ def _machine_info(tmp: Path) -> list[str]:
     except Exception:
         pass
     return [
-        f"python        {platform.python_implementation()} {platform.python_version()} ({sys.executable})",
+        f"python        {platform.python_implementation()} {platform.python_version()} "
+        f"({sys.executable})",
         f"cryptography  {_version('cryptography')}   ({_openssl_version()})",
         f"python-pkcs11 {_version('python-pkcs11')}   SoftHSM {_softhsm_version()}",
-        f"sqlalchemy    {_version('sqlalchemy')}   SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL)",
+        f"sqlalchemy    {_version('sqlalchemy')}   "
+        f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=FULL)",
         f"cpus          {cpus}   {cpu_model}",
         f"platform      {platform.platform()}",
         f"temp dir fs   {_filesystem_of(tmp)}",
@@ -198,7 +200,9 @@ def _setup(tmp: Path) -> Any:
     environ = {"SOFTHSM2_CONF": str(token.conf_path)}
     config = load_config(tmp, environ=environ)
     if config.hsm.module != token.module:
-        config = config.model_copy(update={"hsm": config.hsm.model_copy(update={"module": token.module})})
+        config = config.model_copy(
+            update={"hsm": config.hsm.model_copy(update={"module": token.module})}
+        )
     auth = Authority.from_config(config, environ=environ)
     auth.db.upgrade()
     create_root(auth, actor="bench")
@@ -218,6 +222,7 @@ class Workload:
         self.csrs = csrs
         self.batch = batch
         self._next = 0
+        self.issued = 0  # certificates issue()/issue_many() returned, failed rounds included
 
     def _csr(self) -> bytes:
         csr = self.csrs[self._next % len(self.csrs)]
@@ -237,7 +242,9 @@ class Workload:
         profile_name = PROFILE_OF[issuer_name]
         profile = auth.profile(profile_name)
         if profile.issuer != issuer_name:
-            raise RuntimeError(f"profile {profile_name!r} issues from {profile.issuer!r}, not {issuer_name!r}")
+            raise RuntimeError(
+                f"profile {profile_name!r} issues from {profile.issuer!r}, not {issuer_name!r}"
+            )
         data = os.urandom(256)
 
         if kind == "sign":
@@ -262,7 +269,13 @@ class Workload:
                 facts = check_csr(self._csr())
                 not_before, not_after = leaf_validity(profile, auth.now(), issuer.certificate)
                 builder = build_leaf(
-                    facts, profile, issuer.certificate, new_serial(), not_before, not_after, issuer.urls
+                    facts,
+                    profile,
+                    issuer.certificate,
+                    new_serial(),
+                    not_before,
+                    not_after,
+                    issuer.urls,
                 )
                 cert = builder.sign(issuer.key, issuer.hash_algorithm)
                 cert.verify_directly_issued_by(issuer.certificate)
@@ -274,6 +287,7 @@ class Workload:
 
             def one() -> int:
                 issue(auth, IssuanceRequest(self._csr(), profile_name, "bench"))
+                self.issued += 1
                 return 1
 
             return one
@@ -281,11 +295,16 @@ class Workload:
         if kind == "batch":
 
             def many() -> int:
-                reqs = [IssuanceRequest(self._csr(), profile_name, "bench") for _ in range(self.batch)]
+                reqs = [
+                    IssuanceRequest(self._csr(), profile_name, "bench") for _ in range(self.batch)
+                ]
                 results = issue_many(auth, reqs)
+                self.issued += sum(1 for r in results if not isinstance(r, Exception))
                 denied = [r for r in results if isinstance(r, Exception)]
                 if denied:
-                    raise RuntimeError(f"{len(denied)} of {len(reqs)} requests denied: {_err(denied[0])}")
+                    raise RuntimeError(
+                        f"{len(denied)} of {len(reqs)} requests denied: {_err(denied[0])}"
+                    )
                 return len(results)
 
             return many
@@ -314,7 +333,9 @@ def _fmt_rate(value: float | None) -> str:
 
 def _report(cells: dict[tuple[str, str], Cell], batch: int, rounds: int, seconds: float) -> None:
     _say()
-    _say(f"Medians of {rounds} rounds of ~{seconds:g} s per figure (per-round min–max in brackets).")
+    _say(
+        f"Medians of {rounds} rounds of ~{seconds:g} s per figure (per-round min–max in brackets)."
+    )
     _say("Units: signatures/s for (a), certificates/s for (b)-(d).")
     _say()
     names = [n for n, _ in ISSUERS]
@@ -362,8 +383,8 @@ def _report(cells: dict[tuple[str, str], Cell], batch: int, rounds: int, seconds
     _say(row)
     row = f"{'c - b: storage+audit per cert':34}"
     for n in names:
-        b, c = cells[(n, "build")].median, cells[(n, "issue")].median
-        row += f"{(f'{1e6 / c - 1e6 / b:,.0f} µs' if b and c else '—'):>30}"
+        bm, cm = cells[(n, "build")].median, cells[(n, "issue")].median
+        row += f"{(f'{1e6 / cm - 1e6 / bm:,.0f} µs' if bm and cm else '—'):>30}"
     _say(row)
     row = f"{'d: time per cert in a batch':34}"
     for n in names:
@@ -380,12 +401,11 @@ def _report(cells: dict[tuple[str, str], Cell], batch: int, rounds: int, seconds
                 _say(f"  {n} {kind}: {e} (x{c.errors.count(e)})")
 
 
-def _verify(auth: Any, cells: dict[tuple[str, str], Cell]) -> None:
+def _verify(auth: Any, issued: int) -> None:
     from ca.audit import verify_chain
     from ca.store import tables as t
 
     _say()
-    issued = sum(c.counted for c in cells.values())
     try:
         stored = auth.db.count(t.Certificate)
         cas = len(auth.db.list_cas())
@@ -396,13 +416,19 @@ def _verify(auth: Any, cells: dict[tuple[str, str], Cell]) -> None:
             + ("" if stored == issued + intermediates else "  MISMATCH")
         )
         issued_events = len(auth.db.audit_events("certificate.issued"))
-        _say(f"certificate.issued audit events: {issued_events:,}" + ("" if issued_events == issued else "  MISMATCH"))
+        _say(
+            f"certificate.issued audit events: {issued_events:,}"
+            + ("" if issued_events == issued else "  MISMATCH")
+        )
     except Exception as exc:
         _say(f"counting stored certificates failed: {_err(exc)}")
     try:
         start = time.perf_counter()
         n = verify_chain(auth.db.audit_entries())
-        _say(f"Audit chain verified: {n:,} events, no gap or edit ({time.perf_counter() - start:.2f} s)")
+        _say(
+            f"Audit chain verified: {n:,} events, no gap or edit "
+            f"({time.perf_counter() - start:.2f} s)"
+        )
     except Exception as exc:
         _say(f"AUDIT CHAIN VERIFICATION FAILED: {_err(exc)}")
 
@@ -411,11 +437,21 @@ def _verify(auth: Any, cells: dict[tuple[str, str], Cell]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=1.0, help="length of one round of one figure (default 1)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per figure; medians are reported (default 5)")
-    parser.add_argument("--batch", type=int, default=32, help="requests per issue_many() call (default 32)")
-    parser.add_argument("--pool", type=int, default=200, help="pre-generated P-256 CSRs (default 200)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=1.0, help="length of one round of one figure (default 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds per figure; medians are reported (default 5)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=32, help="requests per issue_many() call (default 32)"
+    )
+    parser.add_argument(
+        "--pool", type=int, default=200, help="pre-generated P-256 CSRs (default 200)"
+    )
     args = parser.parse_args(argv)
     seconds = max(0.05, args.seconds)
     rounds = max(1, args.rounds)
@@ -442,8 +478,10 @@ def main(argv: list[str] | None = None) -> None:
             _say(f"SET-UP FAILED: {_err(exc)}")
             traceback.print_exc(file=sys.stdout)
             return
-        _say(f"set-up: token, database, root (ec:P-384), bench-ec (ec:P-256), bench-rsa (rsa:2048) "
-             f"in {time.perf_counter() - t0:.1f} s")
+        _say(
+            f"set-up: token, database, root (ec:P-384), bench-ec (ec:P-256), bench-rsa (rsa:2048) "
+            f"in {time.perf_counter() - t0:.1f} s"
+        )
         t0 = time.perf_counter()
         csrs = _make_csrs(pool)
         _say(f"pre-generated {len(csrs)} P-256 CSRs in {time.perf_counter() - t0:.1f} s")
@@ -454,8 +492,6 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 steps[key] = work.step(*key)
                 steps[key]()  # warm up: loads the issuer, opens sessions, fills caches
-                if key[1] in ("issue", "batch"):
-                    cell.counted += batch if key[1] == "batch" else 1
             except Exception as exc:
                 cell.errors.append(f"set-up/warm-up: {_err(exc)}")
                 _say(f"  {key[0]} {key[1]}: warm-up failed: {_err(exc)}")
@@ -472,8 +508,6 @@ def main(argv: list[str] | None = None) -> None:
                 try:
                     done, elapsed = _run_for(steps[key], seconds)
                     cell.rates.append(done / elapsed)
-                    if key[1] in ("issue", "batch"):
-                        cell.counted += done
                     parts.append(f"{key[0][6:]}/{key[1]} {done / elapsed:,.0f}")
                 except Exception as exc:
                     cell.errors.append(_err(exc))
@@ -482,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
             _say(f"  round {r + 1}/{rounds}: " + ", ".join(parts))
 
         _report(cells, batch, rounds, seconds)
-        _verify(auth, cells)
+        _verify(auth, work.issued)
     except KeyboardInterrupt:
         _say("interrupted")
     except Exception as exc:  # a benchmark never fails

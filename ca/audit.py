@@ -84,7 +84,9 @@ def next_entry(
     # Round-trip details through canonical JSON so what is stored is exactly what was hashed.
     details = json.loads(canonical_json(dict(details)))
     event = event_dict(seq, time, actor, action, subject, details)
-    return AuditEntry(seq, time, actor, action, subject, details, prev_hash, chain_hash(prev_hash, event))
+    return AuditEntry(
+        seq, time, actor, action, subject, details, prev_hash, chain_hash(prev_hash, event)
+    )
 
 
 def verify_chain(entries: Iterable[AuditEntry], start: tuple[int, bytes] | None = None) -> int:
@@ -97,7 +99,8 @@ def verify_chain(entries: Iterable[AuditEntry], start: tuple[int, bytes] | None 
     for entry in entries:
         if entry.seq != expected_seq:
             raise AuditChainBroken(
-                expected_seq, f"expected seq {expected_seq}, found {entry.seq} (missing or reordered)"
+                expected_seq,
+                f"expected seq {expected_seq}, found {entry.seq} (missing or reordered)",
             )
         if entry.prev_hash != prev_hash:
             raise AuditChainBroken(entry.seq, "prev_hash does not match the previous event's hash")

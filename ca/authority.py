@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
 from ca.clock import Clock, SystemClock
 from ca.config import AppConfig, pin_sources
 from ca.errors import KeyMismatch, NotFound, UnknownProfile
-from ca.keys import IssuerKey, KeyRef, KeyStore, signature_hash_for
+from ca.keys import IssuerKey, KeyRef, KeyStore, SigningHash, signature_hash_for
 from ca.profiles import Profile
 from ca.store.db import CaRow, Database
 from ca.x509build import CaUrls
@@ -33,7 +33,7 @@ class LoadedIssuer:
     certificate: x509.Certificate
     key: IssuerKey
     urls: CaUrls
-    hash_algorithm: hashes.HashAlgorithm
+    hash_algorithm: SigningHash
     chain: tuple[x509.Certificate, ...]  # this CA and its parents up to (excluding) the root
 
     @property
@@ -55,14 +55,18 @@ class Authority:
     @classmethod
     def from_config(cls, config: AppConfig, environ: Mapping[str, str] | None = None) -> Authority:
         """Wire the real parts: the database from the URL and the PKCS#11 key store."""
-        from ca.keys.pkcs11 import Pkcs11KeyStore  # the only HSM import
-
         import os
+
+        from ca.keys.pkcs11 import Pkcs11KeyStore  # the only HSM import
 
         if config.hsm.softhsm_conf and "SOFTHSM2_CONF" not in os.environ:
             os.environ["SOFTHSM2_CONF"] = str(config.path(config.hsm.softhsm_conf))
-        keystore = Pkcs11KeyStore(config.hsm.module, pin_sources(config, environ), config.hsm.pool_size)
-        return cls(config=config, db=Database(config.database_url, config.database.echo), keys=keystore)
+        keystore = Pkcs11KeyStore(
+            config.hsm.module, pin_sources(config, environ), config.hsm.pool_size
+        )
+        return cls(
+            config=config, db=Database(config.database_url, config.database.echo), keys=keystore
+        )
 
     @property
     def profiles(self) -> dict[str, Profile]:
@@ -97,7 +101,9 @@ class Authority:
         cert = x509.load_der_x509_certificate(row.certificate_der)
         key = self.keys.load(KeyRef(row.key_token, row.key_label, row.key_id))
         if not same_public_key(key.public_key(), cert.public_key()):
-            raise KeyMismatch(f"the key of CA {name!r} in token {row.key_token!r} does not match its certificate")
+            raise KeyMismatch(
+                f"the key of CA {name!r} in token {row.key_token!r} does not match its certificate"
+            )
         chain = [cert]
         parent_id = row.parent_id
         cas = {c.id: c for c in self.db.list_cas()} if parent_id is not None else {}

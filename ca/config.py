@@ -70,7 +70,9 @@ class HsmConfig(_Section):
     pin_file: str = "pins/user.pin"
     so_pin_file: str = "pins/so.pin"
     softhsm_conf: str = Field("", description="SoftHSM2 config file (embedded default only)")
-    root_token_label: str = Field("", description="token of the root key; empty: same as token_label")
+    root_token_label: str = Field(
+        "", description="token of the root key; empty: same as token_label"
+    )
     root_pin_file: str = ""
     pool_size: int = Field(4, ge=1, le=64)
 
@@ -108,7 +110,14 @@ class ProfileConfig(_Section):
     validity_days: int = Field(90, ge=1)
     max_validity_days: int = Field(397, ge=1)
     key_types: list[str] = Field(
-        default_factory=lambda: ["ec:P-256", "ec:P-384", "ec:P-521", "rsa:2048", "rsa:3072", "rsa:4096"]
+        default_factory=lambda: [
+            "ec:P-256",
+            "ec:P-384",
+            "ec:P-521",
+            "rsa:2048",
+            "rsa:3072",
+            "rsa:4096",
+        ]
     )
     extended_key_usage: list[str] = Field(default_factory=lambda: ["serverAuth"])
     certificate_policies: list[str] = Field(default_factory=lambda: ["2.23.140.1.2.1"])
@@ -233,7 +242,10 @@ def _check_profiles(config: AppConfig) -> None:
 def render_toml(config: AppConfig) -> str:
     """The config as the TOML ``hsmca init`` writes (every key, so operators see what exists)."""
     data = config.model_dump(mode="json", exclude={"data_dir"})
-    lines = ["# hsmca configuration. Environment variables HSMCA_<SECTION>_<KEY> override keys.", ""]
+    lines = [
+        "# hsmca configuration. Environment variables HSMCA_<SECTION>_<KEY> override keys.",
+        "",
+    ]
     for section in ("server", "database", "hsm", "ca"):
         lines.append(f"[{section}]")
         for key, value in data[section].items():
@@ -268,7 +280,9 @@ def read_pin_file(path: Path) -> str:
     except FileNotFoundError:
         raise ConfigError(f"PIN file {path} does not exist") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"PIN file {path} must have mode 0600 (it is {stat.S_IMODE(st.st_mode):04o})")
+        raise ConfigError(
+            f"PIN file {path} must have mode 0600 (it is {stat.S_IMODE(st.st_mode):04o})"
+        )
     pin = path.read_text(encoding="utf-8").strip()
     if not pin:
         raise ConfigError(f"PIN file {path} is empty")

@@ -64,11 +64,15 @@ def key_type_of(key: object) -> str:
     if isinstance(key, ec.EllipticCurvePublicKey):
         curve = _EC_CURVES.get(key.curve.name)
         if curve is None:
-            raise BadPublicKey(f"EC curve {key.curve.name} is not accepted (use P-256, P-384 or P-521)")
+            raise BadPublicKey(
+                f"EC curve {key.curve.name} is not accepted (use P-256, P-384 or P-521)"
+            )
         return f"ec:{curve}"
     if isinstance(key, rsa.RSAPublicKey):
         return f"rsa:{key.key_size}"
-    raise BadPublicKey(f"{type(key).__name__.removeprefix('_')} keys are not accepted (use EC or RSA)")
+    raise BadPublicKey(
+        f"{type(key).__name__.removeprefix('_')} keys are not accepted (use EC or RSA)"
+    )
 
 
 def check_public_key(key: object) -> list[str]:
@@ -137,7 +141,9 @@ def check_csr(data: bytes) -> CsrFacts:
                 ):
                     ips.append(gn.value)
                 else:
-                    raise BadCSR(f"CSR asks for an unsupported subjectAltName type ({type(gn).__name__})")
+                    raise BadCSR(
+                        f"CSR asks for an unsupported subjectAltName type ({type(gn).__name__})"
+                    )
         else:
             # Never copied into a certificate (CA:true, name constraints, anything unknown).
             name = getattr(ext.oid, "_name", None) or ext.oid.dotted_string
@@ -195,4 +201,3 @@ def _dns_problem(name: str) -> str | None:
         if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
             return "may contain only a-z, 0-9 and '-' (use A-labels for IDNs)"
     return None
-

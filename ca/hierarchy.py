@@ -70,7 +70,9 @@ def create_intermediate(
 ) -> CreatedCa:
     """Create an issuing CA signed by ``parent`` (the root by default); its key on the issuing token."""
     cfg = auth.config.ca
-    subject = ca_subject(common_name or f"{cfg.organization} {name} CA".strip(), cfg.organization, cfg.country)
+    subject = ca_subject(
+        common_name or f"{cfg.organization} {name} CA".strip(), cfg.organization, cfg.country
+    )
     return _create(
         auth,
         name=name,
@@ -111,17 +113,29 @@ def _create(
         signing_key, hash_alg = key, signature_hash_for(key)
     else:
         builder = build_intermediate(
-            subject, public_key, issuer.certificate, serial, not_before, not_after, auth.urls_for(parent or "")
+            subject,
+            public_key,
+            issuer.certificate,
+            serial,
+            not_before,
+            not_after,
+            auth.urls_for(parent or ""),
         )
         signing_key, hash_alg = issuer.key, issuer.hash_algorithm
     profile = ROOT_PROFILE if issuer is None else SUBORDINATE_PROFILE
     issuer_name = parent or name
+    key_details = {
+        "token": ref.token_label,
+        "label": ref.label,
+        "id": ref.key_id,
+        "type": str(spec),
+    }
     details = {
         "ca": name,
         "serial": s,
         "issuer": issuer_name,
         "subject": subject.rfc4514_string(),
-        "key": {"token": ref.token_label, "label": ref.label, "id": ref.key_id, "type": str(spec)},
+        "key": key_details,
     }
     with auth.db.write() as conn:
         if auth.db.serial_taken(conn, s):
@@ -145,7 +159,7 @@ def _create(
             conn,
             now,
             [
-                (actor, "key.generated", ref.label, details["key"] | {"ca": name}),
+                (actor, "key.generated", ref.label, key_details | {"ca": name}),
                 (actor, "ca.requested", name, details),
             ],
         )
@@ -158,7 +172,9 @@ def _create(
     fp = fingerprint(cert)
     with auth.db.write() as conn:
         if auth.db.complete_intents(conn, [s], stored_at) != 1:
-            raise Conflict("the CA's issuance intent was resolved by recovery; run the command again")
+            raise Conflict(
+                "the CA's issuance intent was resolved by recovery; run the command again"
+            )
         ca_id = auth.db.add_ca(
             conn,
             {

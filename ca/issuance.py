@@ -120,7 +120,9 @@ def _deny(auth: Authority, req: IssuanceRequest, error: CAError) -> None:
     auth.audit(req.requester, "certificate.denied", req.profile, details)
 
 
-def issue(auth: Authority, req: IssuanceRequest, on_step: StepHook | None = None) -> IssuedCertificate:
+def issue(
+    auth: Authority, req: IssuanceRequest, on_step: StepHook | None = None
+) -> IssuedCertificate:
     """Issue one certificate; raises the CAError of a denial (which is audited first)."""
     result = issue_many(auth, [req], on_step)[0]
     if isinstance(result, CAError):
@@ -164,7 +166,13 @@ def issue_many(
             serials.append(s)
             builders.append(
                 build_leaf(
-                    p.facts, p.profile, p.issuer.certificate, serial, p.not_before, p.not_after, p.issuer.urls
+                    p.facts,
+                    p.profile,
+                    p.issuer.certificate,
+                    serial,
+                    p.not_before,
+                    p.not_after,
+                    p.issuer.urls,
                 )
             )
             details = {
@@ -238,7 +246,12 @@ def issue_many(
                 p.request.requester,
                 "certificate.issued",
                 s,
-                {"serial": s, "issuer": p.issuer.name, "profile": p.profile.name, "fingerprint_sha256": fp},
+                {
+                    "serial": s,
+                    "issuer": p.issuer.name,
+                    "profile": p.profile.name,
+                    "fingerprint_sha256": fp,
+                },
             )
         )
     with auth.db.write() as conn:
@@ -269,7 +282,9 @@ def _abandon(auth: Authority, serials: list[str], reason: str) -> None:
         events = []
         for s in serials:
             if auth.db.abandon_intent(conn, s, now):
-                events.append(("hsmca", "certificate.intent_abandoned", s, {"serial": s, "reason": reason}))
+                events.append(
+                    ("hsmca", "certificate.intent_abandoned", s, {"serial": s, "reason": reason})
+                )
         if events:
             auth.db.append_audit_many(conn, now, events)
 

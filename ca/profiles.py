@@ -48,7 +48,9 @@ class Profile:
         ekus = []
         for eku in cfg.extended_key_usage:
             if eku not in EKU_NAMES:
-                raise ConfigError(f"{where}.extended_key_usage: unknown {eku!r} (use {sorted(EKU_NAMES)})")
+                raise ConfigError(
+                    f"{where}.extended_key_usage: unknown {eku!r} (use {sorted(EKU_NAMES)})"
+                )
             ekus.append(EKU_NAMES[eku])
         policies = []
         for oid in cfg.certificate_policies:

@@ -64,7 +64,11 @@ def _ca_key_usage() -> x509.KeyUsage:
 
 
 def build_root(
-    subject: x509.Name, public_key: PublicKey, serial: int, not_before: datetime, not_after: datetime
+    subject: x509.Name,
+    public_key: PublicKey,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
 ) -> x509.CertificateBuilder:
     """A self-signed root: CA critical, keyCertSign+cRLSign critical, SKI."""
     return (
@@ -199,9 +203,12 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 def _aia(urls: CaUrls) -> x509.AuthorityInformationAccess:
     return x509.AuthorityInformationAccess(
         [
-            x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)),
             x509.AccessDescription(
-                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls.ca_issuers)
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls.ocsp)
+            ),
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(urls.ca_issuers),
             ),
         ]
     )

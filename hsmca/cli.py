@@ -113,8 +113,14 @@ def main(ctx: click.Context, data_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--public-url", default=None, help="http base URL put in AIA/CDP (default http://127.0.0.1:8080).")
-@click.option("--root-key", default=None, help="Root key type, e.g. ec:P-384 (default) or rsa:4096.")
+@click.option(
+    "--public-url",
+    default=None,
+    help="http base URL put in AIA/CDP (default http://127.0.0.1:8080).",
+)
+@click.option(
+    "--root-key", default=None, help="Root key type, e.g. ec:P-384 (default) or rsa:4096."
+)
 @click.option("--issuing-key", default=None, help="Issuing CA key type, e.g. ec:P-256 (default).")
 @pass_ctx
 @handle_errors
@@ -144,7 +150,9 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
     click.echo(f"database: at revision {revision} ({_safe_url(cfg.database_url)})")
     if auth.db.list_cas():
         raise ConfigError(f"{data} is already initialised (CAs exist); see 'hsmca ca list'")
-    click.echo(f"root CA {cfg.ca.root_name!r}: generating {cfg.ca.root_key} key in token {cfg.root_token_label!r} ...")
+    click.echo(
+        f"root CA {cfg.ca.root_name!r}: generating {cfg.ca.root_key} key in token {cfg.root_token_label!r} ..."
+    )
     root = create_root(auth, actor=_actor())
     click.echo(f"root CA {root.name!r}: {root.certificate.subject.rfc4514_string()}")
     click.echo(
@@ -206,7 +214,12 @@ def _make_softhsm_tokens(cfg: AppConfig) -> None:
         user_pin = pin_path.read_text().strip() if pin_path.exists() else random_pin()
         so_pin = random_pin()
         write_pin_file(pin_path, user_pin)
-        write_pin_file(cfg.path(cfg.hsm.so_pin_file if label == cfg.hsm.token_label else f"pins/{label}-so.pin"), so_pin)
+        write_pin_file(
+            cfg.path(
+                cfg.hsm.so_pin_file if label == cfg.hsm.token_label else f"pins/{label}-so.pin"
+            ),
+            so_pin,
+        )
         create_token(conf.parent, label, user_pin, so_pin)
 
 
@@ -271,19 +284,30 @@ def ca_show(c: Ctx, name: str, pem: bool) -> None:
 
 @ca.command("create-intermediate")
 @click.argument("name")
-@click.option("--cn", "common_name", default=None, help="Common name (default: '<organization> NAME CA').")
-@click.option("--key", default=None, help="Key type: ec:P-256, ec:P-384, rsa:2048, rsa:3072, rsa:4096.")
+@click.option(
+    "--cn", "common_name", default=None, help="Common name (default: '<organization> NAME CA')."
+)
+@click.option(
+    "--key", default=None, help="Key type: ec:P-256, ec:P-384, rsa:2048, rsa:3072, rsa:4096."
+)
 @click.option("--days", type=int, default=None, help="Validity in days.")
 @click.option("--parent", default=None, help="Signing CA (default: the root).")
 @pass_ctx
 @handle_errors
 def ca_create_intermediate(
-    c: Ctx, name: str, common_name: str | None, key: str | None, days: int | None, parent: str | None
+    c: Ctx,
+    name: str,
+    common_name: str | None,
+    key: str | None,
+    days: int | None,
+    parent: str | None,
 ) -> None:
     """Create an issuing CA NAME signed by the root; its key is generated in the HSM."""
     from ca.hierarchy import create_intermediate
 
-    click.echo(f"generating {key or c.config.ca.intermediate_key} key in token {c.config.hsm.token_label!r} ...")
+    click.echo(
+        f"generating {key or c.config.ca.intermediate_key} key in token {c.config.hsm.token_label!r} ..."
+    )
     created = create_intermediate(c.auth, name, common_name, key, days, parent, actor=_actor())
     click.echo(f"created CA {created.name!r}: {created.certificate.subject.rfc4514_string()}")
 
@@ -292,16 +316,28 @@ def ca_create_intermediate(
 
 
 @main.command()
-@click.option("--csr", "csr_path", required=True, type=click.Path(dir_okay=False, path_type=Path), help="CSR file (PEM or DER).")
+@click.option(
+    "--csr",
+    "csr_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSR file (PEM or DER).",
+)
 @click.option("--profile", required=True, help="Issuance profile (e.g. server, client).")
 @click.option("--days", type=int, default=None, help="Validity in days (default: the profile's).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write certificate + chain (PEM) here instead of stdout.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write certificate + chain (PEM) here instead of stdout.",
+)
 @pass_ctx
 @handle_errors
 def issue(c: Ctx, csr_path: Path, profile: str, days: int | None, out: Path | None) -> None:
     """Issue a certificate from a CSR under a profile; prints the certificate and chain in PEM."""
     from ca.csr import MAX_CSR_BYTES
-    from ca.issuance import IssuanceRequest, issue as issue_certificate, recover_intents
+    from ca.issuance import IssuanceRequest, recover_intents
+    from ca.issuance import issue as issue_certificate
 
     with open(csr_path, "rb") as fh:
         data = fh.read(MAX_CSR_BYTES + 1)  # never read an arbitrarily large file
@@ -311,10 +347,16 @@ def issue(c: Ctx, csr_path: Path, profile: str, days: int | None, out: Path | No
     pem = issued.pem_chain()
     if out:
         out.write_bytes(pem)
-        click.echo(f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer}) -> {out}", err=True)
+        click.echo(
+            f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer}) -> {out}",
+            err=True,
+        )
     else:
         click.echo(pem.decode(), nl=False)
-        click.echo(f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer})", err=True)
+        click.echo(
+            f"issued serial {issued.serial} (profile {issued.profile}, issuer {issued.issuer})",
+            err=True,
+        )
 
 
 @main.group()
@@ -393,18 +435,22 @@ def db_upgrade(c: Ctx) -> None:
 @handle_errors
 def serve(c: Ctx, bind: str | None, workers: int | None) -> None:
     """Run the CA's HTTP server (gunicorn) on the configured address."""
-    from hsmca.server import run_gunicorn
     from ca.issuance import recover_intents
+    from hsmca.server import run_gunicorn
 
     cfg = c.config
     auth = c.auth
     resolved = recover_intents(auth, older_than=timedelta(seconds=60))
     if resolved:
-        click.echo(f"recovered {len(resolved)} interrupted issuance(s): {', '.join(resolved)}", err=True)
+        click.echo(
+            f"recovered {len(resolved)} interrupted issuance(s): {', '.join(resolved)}", err=True
+        )
     try:
         auth.db.get_ca(cfg.ca.default_issuer)
     except NotFound:
-        raise ConfigError(f"issuing CA {cfg.ca.default_issuer!r} does not exist; run 'hsmca init'") from None
+        raise ConfigError(
+            f"issuing CA {cfg.ca.default_issuer!r} does not exist; run 'hsmca init'"
+        ) from None
     auth.db.dispose()  # no database connection crosses the fork into workers
     os.environ["HSMCA_HOME"] = str(c.data_dir)
     run_gunicorn(bind or cfg.server.bind, workers or cfg.server.workers, cfg.server.timeout_seconds)

@@ -69,7 +69,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def ca_env(softhsm_token: tuple[SoftHsmToken, str], database_url: str, tmp_path: Path) -> Iterator[CaEnv]:
+def ca_env(
+    softhsm_token: tuple[SoftHsmToken, str], database_url: str, tmp_path: Path
+) -> Iterator[CaEnv]:
     """An initialised CA (root on its own token, issuing CA 'issuing') on SQLite and PostgreSQL."""
     token, pin = softhsm_token
     env = make_ca_env(tmp_path, token, pin, database_url)

@@ -30,7 +30,9 @@ class CaEnv:
 
     def issuing_pem(self, name: str = "issuing") -> bytes:
         row = self.auth.db.get_ca(name)
-        return x509.load_der_x509_certificate(row.certificate_der).public_bytes(serialization.Encoding.PEM)
+        return x509.load_der_x509_certificate(row.certificate_der).public_bytes(
+            serialization.Encoding.PEM
+        )
 
 
 def write_config(data_dir: Path, token: SoftHsmToken, database_url: str, extra: str = "") -> None:
@@ -104,7 +106,9 @@ def make_csr(
         except ValueError:
             sans.append(x509.DNSName(n))
     common_name = names[0] if cn == "" else cn
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else [])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
+    )
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -114,7 +118,11 @@ def make_csr(
 
 def openssl(*args: str, input_: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["openssl", *args], input=input_.decode() if input_ else None, capture_output=True, text=True, check=False
+        ["openssl", *args],
+        input=input_.decode() if input_ else None,
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 

@@ -53,7 +53,9 @@ class PgCluster:
 
     def stop(self) -> None:
         subprocess.run(
-            self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"),
+            self._cmd(
+                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "stop"
+            ),
             capture_output=True,
             check=False,
         )
@@ -81,7 +83,16 @@ def start_cluster() -> PgCluster:
     cluster = PgCluster(bindir, datadir, _free_port(), user, run_as)
     init = subprocess.run(
         cluster._cmd(
-            str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", user, "-E", "UTF8", "--no-sync"
+            str(bindir / "initdb"),
+            "-D",
+            str(datadir),
+            "-A",
+            "trust",
+            "-U",
+            user,
+            "-E",
+            "UTF8",
+            "--no-sync",
         ),
         capture_output=True,
         text=True,
@@ -91,7 +102,17 @@ def start_cluster() -> PgCluster:
         raise RuntimeError(f"initdb failed: {init.stderr.strip()[-500:]}")
     opts = f"-p {cluster.port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=on -c max_connections=200"
     start = subprocess.run(
-        cluster._cmd(str(bindir / "pg_ctl"), "-D", str(datadir), "-o", opts, "-l", str(base / "log"), "-w", "start"),
+        cluster._cmd(
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(datadir),
+            "-o",
+            opts,
+            "-l",
+            str(base / "log"),
+            "-w",
+            "start",
+        ),
         capture_output=True,
         text=True,
         check=False,

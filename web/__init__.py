@@ -24,7 +24,8 @@ from web.problems import problem
 
 
 def create_app(
-    config: AppConfig | None = None, authority_factory: Callable[[AppConfig], Authority] | None = None
+    config: AppConfig | None = None,
+    authority_factory: Callable[[AppConfig], Authority] | None = None,
 ) -> Flask:
     """Build the app. ``config`` defaults to the data directory in ``HSMCA_HOME``."""
     app = Flask("hsmca")
@@ -74,13 +75,17 @@ def create_app(
     def ca_der(name: str) -> Response:
         """The CA certificate as DER (the AIA caIssuers URL of certificates it issued)."""
         cert = _ca_certificate(authority(), name)
-        return _cert_response(cert.public_bytes(serialization.Encoding.DER), "application/pkix-cert")
+        return _cert_response(
+            cert.public_bytes(serialization.Encoding.DER), "application/pkix-cert"
+        )
 
     @app.get("/ca/<name>.pem")
     def ca_pem(name: str) -> Response:
         """The CA certificate as PEM."""
         cert = _ca_certificate(authority(), name)
-        return _cert_response(cert.public_bytes(serialization.Encoding.PEM), "application/x-pem-file")
+        return _cert_response(
+            cert.public_bytes(serialization.Encoding.PEM), "application/x-pem-file"
+        )
 
     @app.errorhandler(CAError)
     def ca_error(exc: CAError) -> Response:

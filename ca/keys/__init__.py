@@ -16,6 +16,8 @@ from ca.errors import ConfigError
 
 IssuerKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+#: The hashes a CA signs with (what cryptography's builders accept).
+SigningHash: TypeAlias = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
 
 _CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
 _RSA_SIZES = (2048, 3072, 4096)
@@ -49,7 +51,7 @@ class KeySpec:
         """The cryptography curve object of an EC spec."""
         return _CURVES[self.curve]()
 
-    def signature_hash(self) -> hashes.HashAlgorithm:
+    def signature_hash(self) -> SigningHash:
         """The hash a CA with this key signs with (SHA-384 for P-384, SHA-256 otherwise)."""
         return hashes.SHA384() if self.curve == "P-384" else hashes.SHA256()
 
@@ -62,7 +64,7 @@ def spec_of(key: PublicKey | IssuerKey) -> KeySpec:
     return KeySpec("rsa", bits=key.key_size)
 
 
-def signature_hash_for(key: PublicKey | IssuerKey) -> hashes.HashAlgorithm:
+def signature_hash_for(key: PublicKey | IssuerKey) -> SigningHash:
     """The hash to sign with, given the issuer key (matches the CA/B Forum's allowed pairs)."""
     if isinstance(key, (ec.EllipticCurvePublicKey, ec.EllipticCurvePrivateKey)):
         return hashes.SHA384() if key.curve.name == "secp384r1" else hashes.SHA256()

@@ -26,12 +26,12 @@ import pkcs11
 from asn1crypto.core import OctetString
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa, utils
-from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15, AsymmetricPadding
+from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding, PKCS1v15
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from ca.errors import HsmKeyNotFound, HsmUnavailable
+from ca.errors import Conflict, HsmKeyNotFound, HsmUnavailable
 from ca.keys import IssuerKey, KeyRef, KeySpec, PublicKey
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,13 @@ _SESSION_LOST = (
     p11e.FunctionFailed,
 )
 # Errors that mean the PIN was refused: never retried.
-_LOGIN_REFUSED = (p11e.PinIncorrect, p11e.PinLocked, p11e.PinExpired, p11e.PinInvalid, p11e.PinLenRange)
+_LOGIN_REFUSED = (
+    p11e.PinIncorrect,
+    p11e.PinLocked,
+    p11e.PinExpired,
+    p11e.PinInvalid,
+    p11e.PinLenRange,
+)
 
 _CURVE_NAMES = {"P-256": "secp256r1", "P-384": "secp384r1"}
 _CRYPTOGRAPHY_CURVES: dict[str, ec.EllipticCurve] = {
@@ -90,7 +96,9 @@ def _open_library(module: str) -> Any:
             try:
                 lib.reinitialize()
             except p11e.PKCS11Error as exc:
-                raise HsmUnavailable(f"PKCS#11 module {module} failed to re-initialise: {_name(exc)}")
+                raise HsmUnavailable(
+                    f"PKCS#11 module {module} failed to re-initialise: {_name(exc)}"
+                ) from exc
             _libs[module] = (pid, lib)
             return lib
         if not os.path.exists(module):
@@ -98,7 +106,7 @@ def _open_library(module: str) -> Any:
         try:
             lib = pkcs11.lib(module)
         except p11e.PKCS11Error as exc:
-            raise HsmUnavailable(f"PKCS#11 module {module} failed to load: {_name(exc)}")
+            raise HsmUnavailable(f"PKCS#11 module {module} failed to load: {_name(exc)}") from exc
         _libs[module] = (pid, lib)
         return lib
 
@@ -167,7 +175,9 @@ class TokenSessions:
                 except p11e.PKCS11Error:
                     pass
             except p11e.MultipleTokensReturned as exc:
-                raise HsmUnavailable(f"more than one token is labelled {self.token_label!r}") from exc
+                raise HsmUnavailable(
+                    f"more than one token is labelled {self.token_label!r}"
+                ) from exc
             except p11e.PKCS11Error as exc:
                 raise HsmUnavailable(f"token {self.token_label!r}: {_name(exc)}") from exc
         raise AssertionError("unreachable")
@@ -189,7 +199,9 @@ class TokenSessions:
         try:
             pin = self._pin_source()
         except OSError as exc:
-            raise HsmUnavailable(f"cannot read the PIN for token {self.token_label!r}: {exc.strerror}")
+            raise HsmUnavailable(
+                f"cannot read the PIN for token {self.token_label!r}: {exc.strerror}"
+            ) from None
         try:
             self._anchor = token.open(rw=True, user_pin=pin)
         except p11e.UserAlreadyLoggedIn:
@@ -201,7 +213,9 @@ class TokenSessions:
                 f"login to token {self.token_label!r} refused ({_name(exc)}); not retrying"
             ) from exc
         except p11e.PKCS11Error as exc:
-            raise HsmUnavailable(f"cannot open a session on token {self.token_label!r}: {_name(exc)}")
+            raise HsmUnavailable(
+                f"cannot open a session on token {self.token_label!r}: {_name(exc)}"
+            ) from exc
         finally:
             del pin
         self._token = token
@@ -314,7 +328,9 @@ def _find(session: Any, object_class: ObjectClass, label: str, key_id: str) -> A
     if not found:
         raise p11e.NoSuchKey(f"no {object_class.name} labelled {label!r}")
     if len(found) > 1:
-        raise p11e.MultipleObjectsReturned(f"several {object_class.name} objects labelled {label!r}")
+        raise p11e.MultipleObjectsReturned(
+            f"several {object_class.name} objects labelled {label!r}"
+        )
     return found[0]
 
 
@@ -341,7 +357,9 @@ class Pkcs11EcKey(ec.EllipticCurvePrivateKey):
         self._public = public
 
     def sign(
-        self, data: utils.Buffer, signature_algorithm: ec.EllipticCurveSignatureAlgorithm
+        self,
+        data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
     ) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise TypeError("only ECDSA signatures are supported")
@@ -397,13 +415,13 @@ class Pkcs11RsaKey(rsa.RSAPrivateKey):
 
     def sign(
         self,
-        data: utils.Buffer,
+        data: bytes,
         padding: AsymmetricPadding,
-        algorithm: hashes.HashAlgorithm | utils.Prehashed,
+        algorithm: hashes.HashAlgorithm | utils.Prehashed | utils.NoDigestInfo,
     ) -> bytes:
         if not isinstance(padding, PKCS1v15):
             raise TypeError("only PKCS#1 v1.5 signatures are supported by the CA's RSA keys")
-        if isinstance(algorithm, utils.Prehashed) or algorithm.name not in _RSA_MECHANISMS:
+        if not isinstance(algorithm, hashes.HashAlgorithm) or algorithm.name not in _RSA_MECHANISMS:
             raise TypeError("RSA signing supports SHA-256, SHA-384 and SHA-512 over the data")
         mechanism = _RSA_MECHANISMS[algorithm.name]
         payload = bytes(data)
@@ -470,9 +488,7 @@ class Pkcs11KeyStore:
     ``pins`` maps a token label to a callable that returns its user PIN.
     """
 
-    def __init__(
-        self, module: str, pins: dict[str, Callable[[], str]], pool_size: int = 4
-    ) -> None:
+    def __init__(self, module: str, pins: dict[str, Callable[[], str]], pool_size: int = 4) -> None:
         self.module = module
         self._pins = pins
         self._pool_size = pool_size
@@ -499,7 +515,9 @@ class Pkcs11KeyStore:
         sessions = self.sessions(ref.token_label)
 
         def op(session: Any) -> PublicKey:
-            return _public_from_object(_find(session, ObjectClass.PUBLIC_KEY, ref.label, ref.key_id))
+            return _public_from_object(
+                _find(session, ObjectClass.PUBLIC_KEY, ref.label, ref.key_id)
+            )
 
         try:
             public = sessions.run(op)
@@ -528,7 +546,9 @@ class Pkcs11KeyStore:
 
         def op(session: Any) -> PublicKey:
             existing = list(
-                session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: ref.label})
+                session.get_objects(
+                    {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: ref.label}
+                )
             )
             if existing:
                 raise FileExistsError(ref.label)
@@ -560,9 +580,9 @@ class Pkcs11KeyStore:
         try:
             public = sessions.run(op)
         except FileExistsError:
-            from ca.errors import Conflict
-
-            raise Conflict(f"token {ref.token_label!r} already holds a key labelled {ref.label!r}")
+            raise Conflict(
+                f"token {ref.token_label!r} already holds a key labelled {ref.label!r}"
+            ) from None
         return _wrap(sessions, ref, public)
 
     def key_attributes(self, ref: KeyRef) -> dict[str, bool]:
@@ -584,7 +604,9 @@ class Pkcs11KeyStore:
         try:
             return sessions.run(op)
         except p11e.NoSuchKey as exc:
-            raise HsmKeyNotFound(f"token {ref.token_label!r} has no key labelled {ref.label!r}") from exc
+            raise HsmKeyNotFound(
+                f"token {ref.token_label!r} has no key labelled {ref.label!r}"
+            ) from exc
 
     def try_export_private_value(self, ref: KeyRef) -> bytes | None:
         """Ask the token for the private value; a correctly protected key makes the token refuse.
@@ -595,7 +617,11 @@ class Pkcs11KeyStore:
 
         def op(session: Any) -> bytes | None:
             key = _find(session, ObjectClass.PRIVATE_KEY, ref.label, ref.key_id)
-            attr = Attribute.VALUE if key[Attribute.KEY_TYPE] == KeyType.EC else Attribute.PRIVATE_EXPONENT
+            attr = (
+                Attribute.VALUE
+                if key[Attribute.KEY_TYPE] == KeyType.EC
+                else Attribute.PRIVATE_EXPONENT
+            )
             try:
                 return bytes(key[attr])
             except (p11e.AttributeSensitive, p11e.AttributeTypeInvalid):

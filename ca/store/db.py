@@ -198,7 +198,10 @@ class Database:
         while True:
             with self.read() as conn:
                 rows = conn.execute(
-                    select(t.AuditEvent.__table__).where(t.AuditEvent.seq > last).order_by(t.AuditEvent.seq).limit(batch)
+                    select(t.AuditEvent.__table__)
+                    .where(t.AuditEvent.seq > last)
+                    .order_by(t.AuditEvent.seq)
+                    .limit(batch)
                 ).all()
             if not rows:
                 return
@@ -217,7 +220,9 @@ class Database:
     # CAs ---------------------------------------------------------------------------------------
 
     def add_ca(self, conn: Connection, row: Mapping[str, Any]) -> int:
-        result = conn.execute(insert(t.CertificateAuthority).returning(t.CertificateAuthority.id), dict(row))
+        result = conn.execute(
+            insert(t.CertificateAuthority).returning(t.CertificateAuthority.id), dict(row)
+        )
         return int(result.scalar_one())
 
     def get_ca(self, name: str) -> CaRow:
@@ -231,7 +236,9 @@ class Database:
 
     def list_cas(self) -> list[CaRow]:
         with self.read() as conn:
-            rows = conn.execute(select(t.CertificateAuthority.__table__).order_by(t.CertificateAuthority.id)).all()
+            rows = conn.execute(
+                select(t.CertificateAuthority.__table__).order_by(t.CertificateAuthority.id)
+            ).all()
         return [_ca_from_row(r) for r in rows]
 
     # Intents and certificates ------------------------------------------------------------------
@@ -262,7 +269,9 @@ class Database:
         if older_than is not None:
             query = query.where(t.IssuanceIntent.created_at < older_than)
         with self.read() as conn:
-            return [dict(r._mapping) for r in conn.execute(query.order_by(t.IssuanceIntent.id)).all()]
+            return [
+                dict(r._mapping) for r in conn.execute(query.order_by(t.IssuanceIntent.id)).all()
+            ]
 
     def abandon_intent(self, conn: Connection, serial: str, now: datetime) -> bool:
         """Mark a pending intent abandoned (its serial stays reserved); False if no longer pending."""
@@ -274,7 +283,10 @@ class Database:
         return int(result.rowcount) == 1
 
     def certificate_exists(self, conn: Connection, serial: str) -> bool:
-        return conn.execute(select(t.Certificate.id).where(t.Certificate.serial == serial)).first() is not None
+        return (
+            conn.execute(select(t.Certificate.id).where(t.Certificate.serial == serial)).first()
+            is not None
+        )
 
     def get_certificate(self, serial: str) -> CertificateRow:
         query = (

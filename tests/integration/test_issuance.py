@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -19,7 +18,7 @@ from helpers import make_csr, make_key
 from sqlalchemy import select
 
 from ca.audit import verify_chain
-from ca.errors import BadCSR, BadPublicKey, CAError, StoreError, UnknownProfile
+from ca.errors import BadCSR, BadPublicKey, CAError, NotFound, StoreError, UnknownProfile
 from ca.issuance import IssuanceRequest, issue, issue_many, recover_intents
 from ca.store import tables as t
 
@@ -58,7 +57,10 @@ def test_issued_certificate_is_stored_audited_and_chains_to_root(ca_env):
 
 
 def test_der_csr_and_rsa_keys_are_accepted(ca_env):
-    issued = issue(ca_env.auth, IssuanceRequest(make_csr(["rsa.corp.test"], "rsa:3072", der=True), "server", "t"))
+    issued = issue(
+        ca_env.auth,
+        IssuanceRequest(make_csr(["rsa.corp.test"], "rsa:3072", der=True), "server", "t"),
+    )
     ku = issued.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.digital_signature and ku.key_encipherment
 
@@ -118,14 +120,27 @@ BAD_INPUTS = [
     pytest.param(b"", "server", BadCSR, id="fail/empty"),
     pytest.param(b"not a csr at all", "server", BadCSR, id="fail/garbage"),
     pytest.param(os.urandom(2048), "server", BadCSR, id="fail/random-bytes"),
-    pytest.param(make_csr(["t.corp.test"], der=True)[:-40], "server", BadCSR, id="fail/truncated-der"),
+    pytest.param(
+        make_csr(["t.corp.test"], der=True)[:-40], "server", BadCSR, id="fail/truncated-der"
+    ),
     pytest.param(make_csr(["t.corp.test"])[:200], "server", BadCSR, id="fail/truncated-pem"),
-    pytest.param(b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * 70_000, "server", BadCSR, id="fail/oversized"),
+    pytest.param(
+        b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * 70_000,
+        "server",
+        BadCSR,
+        id="fail/oversized",
+    ),
     pytest.param(_broken_signature_csr(), "server", BadCSR, id="fail/broken-signature"),
-    pytest.param(make_csr(["weak.corp.test"], "rsa:1024"), "server", BadPublicKey, id="fail/rsa-1024"),
+    pytest.param(
+        make_csr(["weak.corp.test"], "rsa:1024"), "server", BadPublicKey, id="fail/rsa-1024"
+    ),
     pytest.param(_ed25519_csr(), "server", BadPublicKey, id="fail/ed25519"),
-    pytest.param(make_csr(["ec.corp.test"]), "rsa-only", BadPublicKey, id="fail/key-type-not-in-profile"),
-    pytest.param(make_csr(["x.corp.test"]), "no-such-profile", UnknownProfile, id="fail/unknown-profile"),
+    pytest.param(
+        make_csr(["ec.corp.test"]), "rsa-only", BadPublicKey, id="fail/key-type-not-in-profile"
+    ),
+    pytest.param(
+        make_csr(["x.corp.test"]), "no-such-profile", UnknownProfile, id="fail/unknown-profile"
+    ),
     pytest.param(make_csr([], cn=None), "server", BadCSR, id="fail/no-names"),
     pytest.param(make_csr(["UPPER.corp.test"]), "server", BadCSR, id="fail/uppercase-name"),
 ]
@@ -158,7 +173,10 @@ def test_ca_true_request_is_issued_as_end_entity_without_copying_extensions(ca_e
 
 def test_validity_beyond_profile_maximum_is_refused(ca_env):
     with pytest.raises(BadCSR, match="exceeds"):
-        issue(ca_env.auth, IssuanceRequest(make_csr(["long.corp.test"]), "server", "t", validity_days=4000))
+        issue(
+            ca_env.auth,
+            IssuanceRequest(make_csr(["long.corp.test"]), "server", "t", validity_days=4000),
+        )
 
 
 class Crash(Exception):
@@ -178,7 +196,7 @@ def test_crash_between_intent_and_store_is_recovered_without_reusing_the_serial(
     pending = [s for s, state in _intent_states(auth).items() if state == "pending"]
     assert len(pending) == 1
     lost_serial = pending[0]
-    with pytest.raises(Exception):
+    with pytest.raises(NotFound):
         auth.db.get_certificate(lost_serial)  # nothing was handed out or stored
 
     assert recover_intents(auth) == [lost_serial]
@@ -199,7 +217,11 @@ def test_a_late_store_after_recovery_is_refused_and_nothing_is_handed_out(ca_env
             recover_intents(auth)  # another process gave up on this intent meanwhile
 
     with pytest.raises(StoreError, match="resolved by recovery"):
-        issue(auth, IssuanceRequest(make_csr(["late.corp.test"]), "server", "t"), on_step=recover_while_signing)
+        issue(
+            auth,
+            IssuanceRequest(make_csr(["late.corp.test"]), "server", "t"),
+            on_step=recover_while_signing,
+        )
     assert auth.db.count(t.Certificate) == 1  # only the intermediate
     verify_chain(auth.db.audit_entries())
 
@@ -271,5 +293,8 @@ def test_audit_details_record_what_was_issued(ca_env):
     assert requested.details["serial"] == issued.serial
     assert requested.details["sans"] == ["dns:audit.corp.test"]
     assert requested.details["profile"] == "client"
-    assert done.details["fingerprint_sha256"] == ca_env.auth.db.get_certificate(issued.serial).fingerprint_sha256
+    assert (
+        done.details["fingerprint_sha256"]
+        == ca_env.auth.db.get_certificate(issued.serial).fingerprint_sha256
+    )
     assert json.loads(json.dumps(done.details)) == done.details

@@ -22,7 +22,10 @@ def _lint(linter: str, pem: bytes, tmp_path: Path, *args: str) -> list[str]:
     path = tmp_path / "cert.pem"
     path.write_bytes(pem)
     proc = subprocess.run(
-        [tool(linter), "lint", *args, "-s", "ERROR", str(path)], capture_output=True, text=True, check=False
+        [tool(linter), "lint", *args, "-s", "ERROR", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     findings = [ln.strip() for ln in proc.stdout.splitlines() if "(ERROR)" in ln or "(FATAL)" in ln]
     # pkilint exits with the number of findings; a crash shows as a traceback on stderr.
@@ -41,8 +44,15 @@ def test_openssl_verifies_every_issued_chain(sqlite_ca_env, tmp_path, kind):
     chain = tmp_path / "chain.pem"
     chain.write_bytes(issued.pem_chain())
     proc = openssl(
-        "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", str(sqlite_ca_env.root_pem),
-        "-untrusted", str(chain), str(chain),
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        str(sqlite_ca_env.root_pem),
+        "-untrusted",
+        str(chain),
+        str(chain),
     )
     assert proc.returncode == 0 and ": OK" in proc.stdout, proc.stdout + proc.stderr
 
@@ -51,9 +61,27 @@ def test_openssl_verifies_client_certificate_for_client_purpose(sqlite_ca_env, t
     issued = _issue(sqlite_ca_env, ["client.corp.test"], profile="client")
     chain = tmp_path / "chain.pem"
     chain.write_bytes(issued.pem_chain())
-    ok = openssl("verify", "-purpose", "sslclient", "-CAfile", str(sqlite_ca_env.root_pem), "-untrusted", str(chain), str(chain))
+    ok = openssl(
+        "verify",
+        "-purpose",
+        "sslclient",
+        "-CAfile",
+        str(sqlite_ca_env.root_pem),
+        "-untrusted",
+        str(chain),
+        str(chain),
+    )
     assert ok.returncode == 0, ok.stderr
-    wrong = openssl("verify", "-purpose", "sslserver", "-CAfile", str(sqlite_ca_env.root_pem), "-untrusted", str(chain), str(chain))
+    wrong = openssl(
+        "verify",
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        str(sqlite_ca_env.root_pem),
+        "-untrusted",
+        str(chain),
+        str(chain),
+    )
     assert wrong.returncode != 0  # a client certificate is not a server certificate
 
 
@@ -74,7 +102,9 @@ def test_root_and_intermediate_pass_pkilint_pkix(sqlite_ca_env, tmp_path):
 
 
 def test_rsa_intermediate_passes_pkilint_pkix(sqlite_ca_env, tmp_path):
-    created = create_intermediate(sqlite_ca_env.auth, "rsa-issuing", key="rsa:3072", actor="interop")
+    created = create_intermediate(
+        sqlite_ca_env.auth, "rsa-issuing", key="rsa:3072", actor="interop"
+    )
     assert _lint("lint_pkix_cert", created.certificate.public_bytes(PEM), tmp_path) == []
 
 
@@ -87,10 +117,19 @@ def test_leaves_pass_pkilint_pkix(sqlite_ca_env, tmp_path, kind, profile):
 
 @pytest.mark.parametrize("kind", ["ec:P-256", "ec:P-384", "rsa:2048"])
 @pytest.mark.parametrize("cn", ["", None], ids=["with-cn", "without-cn"])
-def test_server_leaves_pass_cabf_serverauth_except_internal_names(sqlite_ca_env, tmp_path, kind, cn):
+def test_server_leaves_pass_cabf_serverauth_except_internal_names(
+    sqlite_ca_env, tmp_path, kind, cn
+):
     issued = issue(
-        sqlite_ca_env.auth, IssuanceRequest(make_csr(["api.corp.test", "10.1.2.3"], kind, cn=cn), "server", "t")
+        sqlite_ca_env.auth,
+        IssuanceRequest(make_csr(["api.corp.test", "10.1.2.3"], kind, cn=cn), "server", "t"),
     )
-    findings = _lint("lint_cabf_serverauth_cert", issued.certificate.public_bytes(PEM), tmp_path, "-d")
+    findings = _lint(
+        "lint_cabf_serverauth_cert", issued.certificate.public_bytes(PEM), tmp_path, "-d"
+    )
     # A private CA issues for internal names (and our test URLs are internal too): that finding only.
-    assert [f for f in findings if "cabf.internal_domain_name" not in f and "internal_ip_address" not in f] == []
+    assert [
+        f
+        for f in findings
+        if "cabf.internal_domain_name" not in f and "internal_ip_address" not in f
+    ] == []

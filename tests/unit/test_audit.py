@@ -137,7 +137,9 @@ def test_empty_chain_verifies_with_zero_events() -> None:
     assert verify_chain([]) == 0
 
 
-@pytest.mark.parametrize("seq", [1, 3, CHAIN_LENGTH], ids=["fail/first", "fail/middle", "fail/last"])
+@pytest.mark.parametrize(
+    "seq", [1, 3, CHAIN_LENGTH], ids=["fail/first", "fail/middle", "fail/last"]
+)
 @pytest.mark.parametrize(
     "change",
     [

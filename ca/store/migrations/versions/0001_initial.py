@@ -20,7 +20,9 @@ def upgrade() -> None:
         "certificate_authorities",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("name", sa.String(64), nullable=False, unique=True),
-        sa.Column("parent_id", sa.Integer(), sa.ForeignKey("certificate_authorities.id"), nullable=True),
+        sa.Column(
+            "parent_id", sa.Integer(), sa.ForeignKey("certificate_authorities.id"), nullable=True
+        ),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("serial", sa.String(64), nullable=False),
         sa.Column("key_token", sa.String(64), nullable=False),
@@ -52,7 +54,9 @@ def upgrade() -> None:
         "certificates",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("serial", sa.String(64), nullable=False, unique=True),
-        sa.Column("issuer_id", sa.Integer(), sa.ForeignKey("certificate_authorities.id"), nullable=False),
+        sa.Column(
+            "issuer_id", sa.Integer(), sa.ForeignKey("certificate_authorities.id"), nullable=False
+        ),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("sans", sa.Text(), nullable=False),
         sa.Column("key_type", sa.String(16), nullable=False),
