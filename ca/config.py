@@ -7,7 +7,9 @@ message that names the key. Secrets (PINs) are never part of this object; they c
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
@@ -33,7 +35,8 @@ SPECIAL_ENV = {
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # strict: a quoted number or 1 for a boolean in the file is a mistake, not something to guess.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServerConfig(_Section):
@@ -140,7 +143,7 @@ def default_profiles() -> dict[str, ProfileConfig]:
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
-    data_dir: Path = Path(".")
+    data_dir: Path = Field(Path("."), strict=False)
     server: ServerConfig = Field(default_factory=ServerConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     hsm: HsmConfig = Field(default_factory=HsmConfig)
@@ -174,7 +177,24 @@ def _format_error(source: str, err: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+def _env_value(name: str, text: str, annotation: Any) -> Any:
+    """Convert an environment string to the field's type (int, bool or str)."""
+    if annotation is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"environment: {name}: expected true or false, got {text!r}")
+    if annotation is int:
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(f"environment: {name}: expected an integer, got {text!r}") from None
+    return text
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """``HSMCA_SECTION_KEY=value`` → ``{section: {key: value}}``; unknown names are refused."""
     sections = {
         name: model
@@ -185,7 +205,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             ("ca", CaConfig),
         )
     }
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in SPECIAL_ENV:
             continue
@@ -194,7 +214,10 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         model = sections.get(section)
         if model is None or key not in model.model_fields:
             raise ConfigError(f"environment: unknown setting {name} (no key {section}.{key})")
-        out.setdefault(section, {})[key] = value
+        section_key = f"{section}.{key}"
+        out.setdefault(section, {})[key] = _env_value(
+            f"{name} ({section_key})", value, model.model_fields[key].annotation
+        )
     return out
 
 
@@ -204,7 +227,10 @@ def load_config(
     """Load ``hsmca.toml`` from ``data_dir`` (or ``path``), apply env overrides, validate strictly."""
     environ = os.environ if environ is None else environ
     data_dir = Path(data_dir).resolve()
-    path = Path(environ.get("HSMCA_CONFIG") or path or data_dir / CONFIG_FILE)
+    explicit = environ.get("HSMCA_CONFIG") or path
+    path = Path(explicit or data_dir / CONFIG_FILE)
+    if explicit and not path.exists():
+        raise ConfigError(f"{path}: config file does not exist")
     raw: dict[str, Any] = {}
     if path.exists():
         try:
@@ -224,6 +250,7 @@ def load_config(
         merged = base.model_dump()
         for section, values in overrides.items():
             merged[section].update(values)
+        merged["data_dir"] = data_dir
         try:
             base = AppConfig.model_validate(merged)
         except ValidationError as exc:
@@ -232,10 +259,18 @@ def load_config(
     return base
 
 
+_PROFILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
 def _check_profiles(config: AppConfig) -> None:
     from ca.profiles import Profile  # late: profiles imports config types
 
     for name, profile in config.profiles.items():
+        if not _PROFILE_NAME.match(name):
+            raise ConfigError(
+                f"profiles.{name}: a profile name is 1-64 of a-z, 0-9, '-' and '_' "
+                "(it appears in URLs and API requests)"
+            )
         Profile.from_config(name, profile, config.ca.default_issuer)
 
 
@@ -266,8 +301,8 @@ def _toml_value(value: Any) -> str:
         return str(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    # A JSON string is a valid TOML basic string once DEL is escaped too.
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 # --- PINs -------------------------------------------------------------------------------------

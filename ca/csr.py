@@ -125,6 +125,8 @@ def check_csr(data: bytes) -> CsrFacts:
     cn = cns[0].value if cns else None
     if isinstance(cn, bytes):
         raise BadCSR("CSR common name is not a string")
+    if cn is not None and not 1 <= len(cn) <= 64:
+        raise BadCSR("CSR common name must be 1 to 64 characters (RFC 5280 ub-common-name)")
 
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
@@ -146,7 +148,9 @@ def check_csr(data: bytes) -> CsrFacts:
                     )
         else:
             # Never copied into a certificate (CA:true, name constraints, anything unknown).
-            name = getattr(ext.oid, "_name", None) or ext.oid.dotted_string
+            name = getattr(ext.oid, "_name", "Unknown OID")
+            if name == "Unknown OID":
+                name = ext.oid.dotted_string
             ignored.append(name)
 
     if cn is not None:

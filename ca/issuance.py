@@ -158,11 +158,16 @@ def issue_many(
     intent_rows = []
     audit_events = []
     with auth.db.write() as conn:
-        for _, p in prepared:
-            serial = new_serial()
-            while auth.db.serial_taken(conn, serial_hex(serial)):  # 2^-128 odds, but never twice
-                serial = new_serial()
-            s = serial_hex(serial)
+        drawn = [serial_hex(new_serial()) for _ in prepared]
+        taken = auth.db.serials_taken(conn, drawn)
+        while taken or len(set(drawn)) != len(drawn):  # 2^-64 odds, but never twice
+            drawn = [
+                s if s not in taken else serial_hex(new_serial()) for s in dict.fromkeys(drawn)
+            ]
+            drawn += [serial_hex(new_serial()) for _ in range(len(prepared) - len(drawn))]
+            taken = auth.db.serials_taken(conn, drawn)
+        for (_, p), s in zip(prepared, drawn, strict=True):
+            serial = int(s, 16)
             serials.append(s)
             builders.append(
                 build_leaf(

@@ -16,7 +16,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from ca import audit
@@ -89,6 +100,21 @@ class CaRow:
     not_before: datetime
     not_after: datetime
     status: str
+
+
+# Statements built once: building them per call costs more than running them on SQLite.
+_SERIALS_TAKEN = select(t.IssuanceIntent.serial).where(
+    t.IssuanceIntent.serial.in_(bindparam("serials", expanding=True))
+)
+_AUDIT_HEAD = select(t.AuditEvent.seq, t.AuditEvent.hash).order_by(t.AuditEvent.seq.desc()).limit(1)
+_COMPLETE_INTENTS = (
+    update(t.IssuanceIntent)
+    .where(
+        t.IssuanceIntent.serial.in_(bindparam("serials", expanding=True)),
+        t.IssuanceIntent.state == "pending",
+    )
+    .values(state="issued", resolved_at=bindparam("now"))
+)
 
 
 class Database:
@@ -164,9 +190,7 @@ class Database:
         events: Sequence[tuple[str, str, str, Mapping[str, Any]]],
     ) -> list[audit.AuditEntry]:
         """Append ``(actor, action, subject, details)`` events in order, in ``conn``'s transaction."""
-        head = conn.execute(
-            select(t.AuditEvent.seq, t.AuditEvent.hash).order_by(t.AuditEvent.seq.desc()).limit(1)
-        ).first()
+        head = conn.execute(_AUDIT_HEAD).first()
         prev = (int(head[0]), bytes.fromhex(head[1])) if head else None
         time = audit.rfc3339(now)
         entries = []
@@ -244,21 +268,19 @@ class Database:
     # Intents and certificates ------------------------------------------------------------------
 
     def serial_taken(self, conn: Connection, serial: str) -> bool:
-        found = conn.execute(
-            select(t.IssuanceIntent.id).where(t.IssuanceIntent.serial == serial)
-        ).first()
-        return found is not None
+        return bool(self.serials_taken(conn, [serial]))
+
+    def serials_taken(self, conn: Connection, serials: Sequence[str]) -> set[str]:
+        """Which of ``serials`` are already reserved (one query for a whole batch)."""
+        rows = conn.execute(_SERIALS_TAKEN, {"serials": list(serials)}).all()
+        return {r[0] for r in rows}
 
     def add_intents(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         conn.execute(insert(t.IssuanceIntent), [dict(r) for r in rows])
 
     def complete_intents(self, conn: Connection, serials: Sequence[str], now: datetime) -> int:
         """Mark pending intents issued; returns how many were still pending."""
-        result = conn.execute(
-            update(t.IssuanceIntent)
-            .where(t.IssuanceIntent.serial.in_(serials), t.IssuanceIntent.state == "pending")
-            .values(state="issued", resolved_at=now)
-        )
+        result = conn.execute(_COMPLETE_INTENTS, {"serials": list(serials), "now": now})
         return int(result.rowcount)
 
     def add_certificates(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:

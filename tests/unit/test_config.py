@@ -207,21 +207,54 @@ def test_bad_file_is_refused_naming_the_key(tmp_path: Path, text: str, needle: s
     assert needle in str(info.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="bug: the file is validated in pydantic lax mode, so a quoted number or 1/0 for a "
-    "bool is silently coerced although config.py promises to refuse wrong types",
-)
 @pytest.mark.parametrize(
-    "text",
-    ['[server]\nworkers = "4"\n', "[database]\necho = 1\n"],
-    ids=["fail/quoted-int", "fail/int-for-bool"],
-)
-def test_wrongly_typed_file_value_is_refused_not_coerced(tmp_path: Path, text: str) -> None:
+    ("text", "key"),
+    [
+        ('[server]\nworkers = "4"\n', "server.workers"),
+        ("[server]\nworkers = 4.0\n", "server.workers"),
+        ("[database]\necho = 1\n", "database.echo"),
+        ('[database]\necho = "true"\n', "database.echo"),
+        ("[profiles.web]\nrequire_san = 0\n", "profiles.web.require_san"),
+    ],
+    ids=["fail/quoted-int", "fail/float-for-int", "fail/int-for-bool", "fail/str-for-bool",
+         "fail/profile-int-for-bool"],
+)  # fmt: skip
+def test_wrongly_typed_file_value_is_refused_not_coerced(
+    tmp_path: Path, text: str, key: str
+) -> None:
     _write(tmp_path, text)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         load_config(tmp_path, environ={})
+    assert key in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("1", True), ("Yes", True), ("on", True), ("false", False),
+     ("0", False), ("no", False), ("OFF", False)],
+    ids=["ok/true", "ok/1", "ok/Yes", "ok/on", "ok/false", "ok/0", "ok/no", "ok/OFF"],
+)  # fmt: skip
+def test_env_booleans_accept_the_usual_spellings(
+    tmp_path: Path, value: str, expected: bool
+) -> None:
+    config = load_config(tmp_path, environ={"HSMCA_DATABASE_ECHO": value})
+    assert config.database.echo is expected
+
+
+@pytest.mark.parametrize("value", ["maybe", "", "2"], ids=["fail/maybe", "fail/empty", "fail/2"])
+def test_env_boolean_that_is_not_one_is_refused_naming_the_variable(
+    tmp_path: Path, value: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={"HSMCA_DATABASE_ECHO": value})
+    assert "HSMCA_DATABASE_ECHO" in str(info.value)
+    assert "database.echo" in str(info.value)
+
+
+def test_env_override_keeps_the_data_dir(tmp_path: Path) -> None:
+    config = load_config(tmp_path, environ={"HSMCA_SERVER_WORKERS": "3"})
+    assert config.data_dir == tmp_path.resolve()
+    assert config.server.workers == 3
 
 
 @pytest.mark.parametrize(
@@ -364,26 +397,41 @@ def test_render_toml_writes_every_key(tmp_path: Path) -> None:
     assert "data_dir" not in rendered
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="bug: render_toml does not escape control characters (newline, tab...) in strings",
-)
-def test_render_toml_escapes_control_characters(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    ["line1\nline2", "tab\there", "nul\x00byte", "del\x7fchar", 'quote " and \\ backslash',
+     "Zürich ✓"],
+    ids=["ok/newline", "ok/tab", "ok/nul", "ok/del", "ok/quote-backslash", "ok/non-ascii"],
+)  # fmt: skip
+def test_render_toml_escapes_strings_so_they_round_trip(tmp_path: Path, text: str) -> None:
     config = load_config(tmp_path, environ={})
-    config = config.model_copy(
-        update={"ca": config.ca.model_copy(update={"organization": "line1\nline2"})}
-    )
+    config = config.model_copy(update={"ca": config.ca.model_copy(update={"organization": text})})
+    reloaded = _round_trip(config, tmp_path)
+    assert reloaded.ca.organization == text
+    assert reloaded == config
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["web", "tls-server", "client_2", "0day", "a" * 64],
+    ids=["ok/plain", "ok/dash", "ok/underscore", "ok/leading-digit", "ok/64-chars"],
+)
+def test_url_safe_profile_names_are_accepted_and_round_trip(tmp_path: Path, name: str) -> None:
+    _write(tmp_path, f'[profiles."{name}"]\nvalidity_days = 30\n')
+    config = load_config(tmp_path, environ={})
+    assert set(config.profiles) == {name}
     assert _round_trip(config, tmp_path) == config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="bug: render_toml writes [profiles.NAME] unquoted, so a dotted name becomes nested",
-)
-def test_render_toml_quotes_profile_names_that_are_not_bare_keys(tmp_path: Path) -> None:
-    _write(tmp_path, '[profiles."web.internal"]\nvalidity_days = 30\n')
-    config = load_config(tmp_path, environ={})
-    assert set(config.profiles) == {"web.internal"}
-    assert _round_trip(config, tmp_path) == config
+@pytest.mark.parametrize(
+    "name",
+    ["web.internal", "Web", "web server", "-web", "_web", "a" * 65, "wéb", ""],
+    ids=["fail/dot", "fail/uppercase", "fail/space", "fail/leading-dash",
+         "fail/leading-underscore", "fail/65-chars", "fail/non-ascii", "fail/empty"],
+)  # fmt: skip
+def test_profile_names_that_are_not_url_safe_are_refused(tmp_path: Path, name: str) -> None:
+    _write(tmp_path, f'[profiles."{name}"]\nvalidity_days = 30\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path, environ={})
+    assert f"profiles.{name}" in str(info.value)
+    assert "profile name" in str(info.value)
