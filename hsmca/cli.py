@@ -134,6 +134,7 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
     from ca.hierarchy import create_intermediate, create_root
 
     data = c.data_dir
+    os.umask(0o077)  # the database, token store and PIN files are for this user only
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     cfg_path = data / CONFIG_FILE
     if not cfg_path.exists():
