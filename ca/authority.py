@@ -6,7 +6,9 @@ issuance and hierarchy functions with it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -55,7 +57,6 @@ class Authority:
     @classmethod
     def from_config(cls, config: AppConfig, environ: Mapping[str, str] | None = None) -> Authority:
         """Wire the real parts: the database from the URL and the PKCS#11 key store."""
-        import os
 
         from ca.keys.pkcs11 import Pkcs11KeyStore  # the only HSM import
 
@@ -68,20 +69,21 @@ class Authority:
             config=config, db=Database(config.database_url, config.database.echo), keys=keystore
         )
 
-    @property
+    @functools.cached_property
     def profiles(self) -> dict[str, Profile]:
+        """The configured profiles, validated once (the config is frozen)."""
         return {
             name: Profile.from_config(name, p, self.config.ca.default_issuer)
             for name, p in self.config.profiles.items()
         }
 
     def profile(self, name: str) -> Profile:
-        cfg = self.config.profiles.get(name)
-        if cfg is None:
+        found = self.profiles.get(name)
+        if found is None:
             raise UnknownProfile(
-                f"unknown profile {name!r} (configured: {', '.join(sorted(self.config.profiles))})"
+                f"unknown profile {name!r} (configured: {', '.join(sorted(self.profiles))})"
             )
-        return Profile.from_config(name, cfg, self.config.ca.default_issuer)
+        return found
 
     def now(self) -> datetime:
         return self.clock.now()
