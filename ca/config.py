@@ -95,6 +95,15 @@ class CaConfig(_Section):
     intermediate_validity_days: int = Field(1826, ge=1, le=36525)
     default_issuer: str = "issuing"
 
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        if value and not (
+            len(value) == 2 and value.isascii() and value.isalpha() and value.isupper()
+        ):
+            raise ValueError("must be empty or a two-letter ISO 3166 code such as DE")
+        return value
+
     @field_validator("root_key", "intermediate_key")
     @classmethod
     def _key_spec(cls, value: str) -> str:

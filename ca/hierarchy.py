@@ -97,6 +97,10 @@ def _create(
 ) -> CreatedCa:
     _check_name(auth, name)
     issuer = auth.issuer(parent) if parent else None
+    if issuer is not None:
+        bc = issuer.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if not bc.ca or bc.path_length == 0:
+            raise Conflict(f"CA {parent!r} may not sign CA certificates (pathLen 0); use the root")
     key_id = secrets.token_hex(8)
     ref = KeyRef(token_label=token, label=f"hsmca-{name}-{key_id[:8]}", key_id=key_id)
 

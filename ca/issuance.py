@@ -26,7 +26,16 @@ from cryptography.hazmat.primitives import serialization
 
 from ca.authority import Authority, LoadedIssuer, fingerprint, serial_hex
 from ca.csr import CsrFacts, check_csr
-from ca.errors import BadCSR, BadPublicKey, CAError, StoreError
+from ca.errors import (
+    BadCSR,
+    BadPublicKey,
+    CAError,
+    ConfigError,
+    HsmKeyNotFound,
+    HsmUnavailable,
+    KeyMismatch,
+    StoreError,
+)
 from ca.profiles import Profile
 from ca.x509build import build_leaf, leaf_validity
 
@@ -140,9 +149,9 @@ def issue_many(
     for i, req in enumerate(requests):
         try:
             prepared.append((i, _check(auth, req, now)))
+        except (StoreError, HsmUnavailable, KeyMismatch, ConfigError, HsmKeyNotFound):
+            raise  # the CA cannot work right now: an outage, not a decision about this request
         except CAError as exc:
-            if isinstance(exc, StoreError):
-                raise
             _deny(auth, req, exc)
             results[i] = exc
     if not prepared:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import getpass
 import json
 import os
+import pwd
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -33,9 +33,10 @@ def _default_data_dir() -> Path:
 
 
 def _actor() -> str:
+    """The audit actor: the real user running the command (not $LOGNAME/$USER, which anyone sets)."""
     try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
+        return f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+    except KeyError:
         return f"cli:uid{os.getuid()}"
 
 
@@ -94,7 +95,7 @@ pass_ctx = click.make_pass_decorator(Ctx)
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Data directory (config, database, SoftHSM token). Default: $HSMCA_HOME or /var/lib/hsmca.",
+    help="Data directory (config, database, SoftHSM token). Default: $HSMCA_HOME, else /var/lib/hsmca for root or ~/.local/share/hsmca.",
 )
 @click.version_option(package_name="hsmca")
 @click.pass_context
@@ -303,7 +304,7 @@ def ca_create_intermediate(
     days: int | None,
     parent: str | None,
 ) -> None:
-    """Create an issuing CA NAME signed by the root; its key is generated in the HSM."""
+    """Create an issuing CA NAME signed by the root (or --parent); its key is generated in the HSM."""
     from ca.hierarchy import create_intermediate
 
     click.echo(

@@ -34,6 +34,7 @@ def run_gunicorn(bind: str, workers: int, timeout: int) -> None:
             "accesslog": "-",
             "errorlog": "-",
             "proc_name": "hsmca",
+            "control_socket_disable": True,  # no socket outside the data directory
             # Access logs never show query strings or headers that might carry tokens.
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
         }

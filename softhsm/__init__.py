@@ -3,7 +3,8 @@
 :func:`create_token` writes a ``softhsm2.conf`` from the template beside this file and initialises a
 token in a given directory with ``softhsm2-util --init-token``. The PINs are typed into
 softhsm2-util's prompts through a pseudo-terminal, so they never appear in any process's argv.
-Production code never imports this package; any other PKCS#11 module is a config change.
+Only ``hsmca init`` (for the embedded default) and the tests use it; the running CA talks to
+any PKCS#11 module, SoftHSM or not, through ``ca.keys.pkcs11``.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 
 from ca import audit
 from ca.errors import NotFound, StoreError
@@ -159,6 +159,8 @@ class Database:
             raise StoreError(f"database refused the change (constraint: {_short(exc)})") from exc
         except OperationalError as exc:
             raise StoreError(f"database unavailable or read-only: {_short(exc)}") from exc
+        except DBAPIError as exc:
+            raise StoreError(f"database refused the change: {_short(exc)}") from exc
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -195,7 +197,8 @@ class Database:
         time = audit.rfc3339(now)
         entries = []
         for actor, action, subject, details in events:
-            entry = audit.next_entry(prev, time, actor, action, subject, details)
+            # Columns are bounded; what a client sent may not be (the full value stays in details).
+            entry = audit.next_entry(prev, time, actor[:128], action, subject[:256], details)
             entries.append(entry)
             prev = (entry.seq, entry.hash)
         conn.execute(

@@ -245,3 +245,31 @@ def test_serve_answers_health_and_ca_certificates(initialised):
     assert "Traceback" not in text
     for pin in _pins(initialised):
         assert pin not in text
+
+
+def test_audit_actor_is_the_real_user_not_logname(initialised, tmp_path):
+    csr = tmp_path / "req.csr"
+    csr.write_bytes(make_csr(["actor.corp.test"]))
+    proc = run(
+        initialised,
+        "issue",
+        "--csr",
+        str(csr),
+        "--profile",
+        "server",
+        env={"LOGNAME": "ceo", "USER": "ceo"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(initialised / "hsmca.db") as conn:
+        actor = conn.execute("select actor from audit_events order by seq desc limit 1").fetchone()[
+            0
+        ]
+    import pwd
+
+    assert actor == f"cli:{pwd.getpwuid(os.getuid()).pw_name}"
+
+
+def test_intermediate_cannot_be_signed_by_a_pathlen_zero_ca(initialised):
+    proc = run(initialised, "ca", "create-intermediate", "sub", "--parent", "issuing")
+    assert proc.returncode == 1 and "pathLen 0" in proc.stderr
+    assert "sub " not in run(initialised, "ca", "list").stdout

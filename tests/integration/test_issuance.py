@@ -298,3 +298,28 @@ def test_audit_details_record_what_was_issued(ca_env):
         == ca_env.auth.db.get_certificate(issued.serial).fingerprint_sha256
     )
     assert json.loads(json.dumps(done.details)) == done.details
+
+
+def test_overlong_profile_name_is_denied_and_audited_on_every_database(ca_env):
+    auth = ca_env.auth
+    with pytest.raises(UnknownProfile):
+        issue(auth, IssuanceRequest(make_csr(["long.corp.test"]), "p" * 1000, "t" * 500))
+    denial = auth.db.audit_events()[-1]
+    assert denial.action == "certificate.denied" and denial.details["profile"] == "p" * 1000
+    assert len(denial.subject) == 256 and len(denial.actor) == 128
+    verify_chain(auth.db.audit_entries())
+
+
+def test_hsm_outage_is_raised_not_recorded_as_a_denial(ca_env, monkeypatch):
+    from ca.errors import HsmUnavailable
+
+    auth = ca_env.auth
+    before = len(auth.db.audit_events())
+
+    def down(name):
+        raise HsmUnavailable("token gone")
+
+    monkeypatch.setattr(auth, "issuer", down)
+    with pytest.raises(HsmUnavailable):
+        issue(auth, IssuanceRequest(make_csr(["outage.corp.test"]), "server", "t"))
+    assert len(auth.db.audit_events()) == before
