@@ -45,6 +45,13 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return data
 
 
+def issue_cli(data: Path, tmp_path: Path, name: str, env: dict[str, str] | None = None):
+    """`hsmca issue` of a fresh CSR for ``name`` under the server profile."""
+    csr = tmp_path / "req.csr"
+    csr.write_bytes(make_csr([name]))
+    return run(data, "issue", "--csr", str(csr), "--profile", "server", env=env)
+
+
 def _pins(data: Path) -> list[str]:
     return [p.read_text().strip() for p in (data / "pins").iterdir()]
 
@@ -147,17 +154,7 @@ def test_wrong_type_from_environment_is_refused_by_name(initialised):
 
 
 def test_wrong_pin_from_environment_gives_clear_hsm_error(initialised, tmp_path):
-    csr = tmp_path / "req.csr"
-    csr.write_bytes(make_csr(["pin.corp.test"]))
-    proc = run(
-        initialised,
-        "issue",
-        "--csr",
-        str(csr),
-        "--profile",
-        "server",
-        env={"HSMCA_HSM_PIN": "wrong-pin-123"},
-    )
+    proc = issue_cli(initialised, tmp_path, "pin.corp.test", env={"HSMCA_HSM_PIN": "wrong-pin-123"})
     assert proc.returncode == 1
     assert "refused" in proc.stderr and "wrong-pin-123" not in proc.stderr
 
@@ -248,16 +245,8 @@ def test_serve_answers_health_and_ca_certificates(initialised):
 
 
 def test_audit_actor_is_the_real_user_not_logname(initialised, tmp_path):
-    csr = tmp_path / "req.csr"
-    csr.write_bytes(make_csr(["actor.corp.test"]))
-    proc = run(
-        initialised,
-        "issue",
-        "--csr",
-        str(csr),
-        "--profile",
-        "server",
-        env={"LOGNAME": "ceo", "USER": "ceo"},
+    proc = issue_cli(
+        initialised, tmp_path, "actor.corp.test", env={"LOGNAME": "ceo", "USER": "ceo"}
     )
     assert proc.returncode == 0, proc.stderr
     with sqlite3.connect(initialised / "hsmca.db") as conn:

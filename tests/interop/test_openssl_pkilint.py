@@ -34,6 +34,13 @@ def _lint(linter: str, pem: bytes, tmp_path: Path, *args: str) -> list[str]:
     return findings
 
 
+def _verify(env, chain: Path, *options: str):
+    """`openssl verify` of a leaf+intermediate file against the test root."""
+    return openssl(
+        "verify", *options, "-CAfile", str(env.root_pem), "-untrusted", str(chain), str(chain)
+    )
+
+
 def _issue(env, names, kind="ec:P-256", profile="server"):
     return issue(env.auth, IssuanceRequest(make_csr(names, kind), profile, "interop"))
 
@@ -43,17 +50,7 @@ def test_openssl_verifies_every_issued_chain(sqlite_ca_env, tmp_path, kind):
     issued = _issue(sqlite_ca_env, ["www.corp.test", "192.0.2.10"], kind)
     chain = tmp_path / "chain.pem"
     chain.write_bytes(issued.pem_chain())
-    proc = openssl(
-        "verify",
-        "-x509_strict",
-        "-purpose",
-        "sslserver",
-        "-CAfile",
-        str(sqlite_ca_env.root_pem),
-        "-untrusted",
-        str(chain),
-        str(chain),
-    )
+    proc = _verify(sqlite_ca_env, chain, "-x509_strict", "-purpose", "sslserver")
     assert proc.returncode == 0 and ": OK" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -61,27 +58,9 @@ def test_openssl_verifies_client_certificate_for_client_purpose(sqlite_ca_env, t
     issued = _issue(sqlite_ca_env, ["client.corp.test"], profile="client")
     chain = tmp_path / "chain.pem"
     chain.write_bytes(issued.pem_chain())
-    ok = openssl(
-        "verify",
-        "-purpose",
-        "sslclient",
-        "-CAfile",
-        str(sqlite_ca_env.root_pem),
-        "-untrusted",
-        str(chain),
-        str(chain),
-    )
+    ok = _verify(sqlite_ca_env, chain, "-purpose", "sslclient")
     assert ok.returncode == 0, ok.stderr
-    wrong = openssl(
-        "verify",
-        "-purpose",
-        "sslserver",
-        "-CAfile",
-        str(sqlite_ca_env.root_pem),
-        "-untrusted",
-        str(chain),
-        str(chain),
-    )
+    wrong = _verify(sqlite_ca_env, chain, "-purpose", "sslserver")
     assert wrong.returncode != 0  # a client certificate is not a server certificate
 
 
