@@ -160,12 +160,19 @@ class TokenSessions:
         for attempt in range(self._find_retries + 1):
             try:
                 return lib.get_token(token_label=self.token_label)
-            except (p11e.NoSuchToken, p11e.TokenNotPresent, p11e.TokenNotRecognised) as exc:
-                # NOTE: SoftHSM answers "no such token" now and then when several processes
-                # initialise at the same moment; a short retry settles it.
+            except (
+                p11e.NoSuchToken,
+                p11e.TokenNotPresent,
+                p11e.TokenNotRecognised,
+                p11e.GeneralError,
+            ) as exc:
+                # NOTE: SoftHSM answers "no such token" or CKR_GENERAL_ERROR now and then when
+                # several processes read its token files at the same moment (one of them is
+                # rewriting the file); a short retry with a rescan settles it.
                 if attempt == self._find_retries:
                     raise HsmUnavailable(
-                        f"token {self.token_label!r} not found in PKCS#11 module {self.module}"
+                        f"token {self.token_label!r} not found in PKCS#11 module "
+                        f"{self.module} ({_name(exc)})"
                     ) from exc
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)

@@ -158,3 +158,31 @@ def test_missing_module_raises_hsm_unavailable():
     ks = Pkcs11KeyStore("/nonexistent/libpkcs11.so", {"t": lambda: "x"})
     with pytest.raises(HsmUnavailable, match="not found"):
         ks.load(KeyRef("t", "k", "01"))
+
+
+def test_transient_general_error_while_finding_the_token_is_retried(softhsm_token, monkeypatch):
+    """SoftHSM answers CKR_GENERAL_ERROR while another process rewrites its token files."""
+    import pkcs11.exceptions as p11e
+
+    from ca.keys import pkcs11 as backend
+
+    token, pin = softhsm_token
+    real_lib = backend._open_library(token.module)
+    failures = []
+
+    class FlakyLib:
+        def get_token(self, **kw):
+            if len(failures) < 2:
+                failures.append(1)
+                raise p11e.GeneralError()
+            return real_lib.get_token(**kw)
+
+        def reinitialize(self):
+            pass  # the real library stays initialised: other tests' sessions live on it
+
+    monkeypatch.setattr(backend, "_open_library", lambda module: FlakyLib())
+    ks = Pkcs11KeyStore(token.module, {token.label: lambda: pin})
+    sessions = ks.sessions(token.label)
+    with sessions.session() as session:
+        assert session is not None
+    assert len(failures) == 2
