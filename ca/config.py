@@ -14,7 +14,7 @@ import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -135,18 +135,65 @@ class ProfileConfig(_Section):
     certificate_policies: list[str] = Field(default_factory=lambda: ["2.23.140.1.2.1"])
     backdate_seconds: int = Field(60, ge=0, le=3600)
     require_san: bool = True
+    # Names. Rule syntax (also used by API clients' own restrictions):
+    #   "host.example"  exactly this name;  ".example"  any name below example, at any depth;
+    #   "*.example"     exactly one label below example (and the wildcard name *.example);
+    #   "."             any name.
+    dns_names: list[str] = Field(
+        default_factory=list, description="allowed DNS names: exact, .suffix, *.one-label, ."
+    )
+    allow_wildcards: bool = Field(False, description="allow *.name (leftmost whole label only)")
+    ip_ranges: list[str] = Field(default_factory=list, description="allowed IP SANs (CIDR)")
+    uri_patterns: list[str] = Field(
+        default_factory=list,
+        description="allowed URI SANs; * matches one path segment, e.g. spiffe://corp.internal/ns/*/sa/*",
+    )
+    email_patterns: list[str] = Field(
+        default_factory=list, description="allowed email SANs: exact, or *@domain"
+    )
+    key_usage: list[str] = Field(
+        default_factory=lambda: ["digitalSignature", "keyEncipherment"],
+        description="keyEncipherment is applied to RSA keys only",
+    )
+    subject_attributes: list[str] = Field(
+        default_factory=lambda: ["CN"],
+        description="subject attributes a CSR may carry (CN, O, OU, L, ST, C, serialNumber)",
+    )
+    common_name: Literal["require_san", "drop"] = Field(
+        "require_san", description="a CN must repeat a SAN, or is dropped from the subject"
+    )
+    requires_approval: bool = Field(False, description="dual control: an approver must approve")
+    approval_ttl_hours: int = Field(72, ge=1, le=24 * 90)
 
 
 def default_profiles() -> dict[str, ProfileConfig]:
     """The two profiles every installation starts with."""
     return {
-        "server": ProfileConfig(description="TLS server certificates"),
+        "server": ProfileConfig(
+            description="TLS server certificates",
+            dns_names=["."],
+            ip_ranges=["0.0.0.0/0", "::/0"],
+        ),
         "client": ProfileConfig(
             description="TLS client certificates",
             extended_key_usage=["clientAuth"],
             certificate_policies=[],
+            dns_names=["."],
         ),
     }
+
+
+class ApiConfig(_Section):
+    """``[api]``: the REST enrollment API."""
+
+    max_body_bytes: int = Field(
+        256 * 1024, ge=4096, le=16 * 1024 * 1024, description="larger bodies get 413"
+    )
+    page_size: int = Field(100, ge=1, le=1000, description="default inventory page size")
+    batch_window_ms: float = Field(
+        2.0, ge=0, le=100, description="how long concurrent requests wait to share one commit"
+    )
+    batch_max: int = Field(32, ge=1, le=256)
 
 
 class AppConfig(_Section):
@@ -157,6 +204,7 @@ class AppConfig(_Section):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     hsm: HsmConfig = Field(default_factory=HsmConfig)
     ca: CaConfig = Field(default_factory=CaConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -200,6 +248,11 @@ def _env_value(name: str, text: str, annotation: Any) -> Any:
             return int(text.strip())
         except ValueError:
             raise ConfigError(f"environment: {name}: expected an integer, got {text!r}") from None
+    if annotation is float:
+        try:
+            return float(text.strip())
+        except ValueError:
+            raise ConfigError(f"environment: {name}: expected a number, got {text!r}") from None
     return text
 
 
@@ -212,6 +265,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("database", DatabaseConfig),
             ("hsm", HsmConfig),
             ("ca", CaConfig),
+            ("api", ApiConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -290,7 +344,7 @@ def render_toml(config: AppConfig) -> str:
         "# hsmca configuration. Environment variables HSMCA_<SECTION>_<KEY> override keys.",
         "",
     ]
-    for section in ("server", "database", "hsm", "ca"):
+    for section in ("server", "database", "hsm", "ca", "api"):
         lines.append(f"[{section}]")
         for key, value in data[section].items():
             lines.append(f"{key} = {_toml_value(value)}")
@@ -306,8 +360,8 @@ def render_toml(config: AppConfig) -> str:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     # A JSON string is a valid TOML basic string once DEL is escaped too.

@@ -82,3 +82,25 @@ class StoreError(CAError):
     """The database refused a write; the change did not happen."""
 
     kind = "storeError"
+
+
+class PolicyDenied(CAError):
+    """The request breaks issuance policy; ``violations`` lists every broken rule."""
+
+    kind = "policyDenied"
+
+    def __init__(self, message: str, violations: tuple[object, ...] = ()) -> None:
+        super().__init__(message)
+        self.violations = violations
+
+
+class Forbidden(CAError):
+    """The requester lacks the role or permission for this action."""
+
+    kind = "forbidden"
+
+
+class Expired(CAError):
+    """The thing acted on (e.g. a pending request) has expired."""
+
+    kind = "expired"

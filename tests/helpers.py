@@ -58,13 +58,17 @@ country = "DE"
 
 [profiles.server]
 extended_key_usage = ["serverAuth"]
+dns_names = ["."]
+ip_ranges = ["0.0.0.0/0", "::/0"]
 
 [profiles.client]
 extended_key_usage = ["clientAuth"]
 certificate_policies = []
+dns_names = ["."]
 
 [profiles.rsa-only]
 key_types = ["rsa:2048", "rsa:3072", "rsa:4096"]
+dns_names = ["."]
 {extra}
 """
     )
