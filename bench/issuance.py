@@ -235,9 +235,11 @@ class Workload:
 
         from ca.csr import check_csr
         from ca.issuance import IssuanceRequest, issue, issue_many, new_serial
+        from ca.policy import Requester, decide
         from ca.x509build import build_leaf, leaf_validity
 
         auth = self.auth
+        operator = Requester.operator("bench")
         issuer = auth.issuer(issuer_name)
         profile_name = PROFILE_OF[issuer_name]
         profile = auth.profile(profile_name)
@@ -267,9 +269,12 @@ class Workload:
 
             def build() -> int:
                 facts = check_csr(self._csr())
-                not_before, not_after = leaf_validity(profile, auth.now(), issuer.certificate)
+                now = auth.now()
+                decision = decide(facts, profile, operator, now)
+                not_before, not_after = leaf_validity(profile, now, issuer.certificate)
                 builder = build_leaf(
                     facts,
+                    decision,
                     profile,
                     issuer.certificate,
                     new_serial(),

@@ -106,6 +106,29 @@ class Authority:
             raise KeyMismatch(
                 f"the key of CA {name!r} in token {row.key_token!r} does not match its certificate"
             )
+        chain = self._chain(row, cert)
+        loaded = LoadedIssuer(
+            row=row,
+            certificate=cert,
+            key=key,
+            urls=self.urls_for(name),
+            hash_algorithm=signature_hash_for(key),
+            chain=chain,
+        )
+        with self._lock:
+            self._issuers[name] = loaded
+        return loaded
+
+    def issuer_chain(self, name: str) -> tuple[x509.Certificate, ...]:
+        """CA ``name`` and its parents below the root, from the database (no HSM needed)."""
+        with self._lock:
+            cached = self._issuers.get(name)
+        if cached is not None:
+            return cached.chain
+        row = self.db.get_ca(name)
+        return self._chain(row, x509.load_der_x509_certificate(row.certificate_der))
+
+    def _chain(self, row: CaRow, cert: x509.Certificate) -> tuple[x509.Certificate, ...]:
         chain = [cert]
         parent_id = row.parent_id
         cas = {c.id: c for c in self.db.list_cas()} if parent_id is not None else {}
@@ -115,17 +138,7 @@ class Authority:
                 break  # the root is not part of the chain handed to clients
             chain.append(x509.load_der_x509_certificate(parent.certificate_der))
             parent_id = parent.parent_id
-        loaded = LoadedIssuer(
-            row=row,
-            certificate=cert,
-            key=key,
-            urls=self.urls_for(name),
-            hash_algorithm=signature_hash_for(key),
-            chain=tuple(chain),
-        )
-        with self._lock:
-            self._issuers[name] = loaded
-        return loaded
+        return tuple(chain)
 
     def forget_issuers(self) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ message that names the key. Secrets (PINs) are never part of this object; they c
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -16,7 +17,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ca.errors import ConfigError
 from ca.keys import KeySpec
@@ -40,14 +49,34 @@ class _Section(BaseModel):
 
 
 class ServerConfig(_Section):
-    """``[server]``: where ``hsmca serve`` listens and the public URL certificates point to."""
+    """``[server]``: the listeners of ``hsmca serve``, its TLS certificate and the public URL.
 
-    bind: str = Field("127.0.0.1:8080", description="host:port gunicorn binds to")
+    Two gunicorn arbiters: HTTPS on ``https_bind`` (everything) and plain HTTP on ``bind`` (only
+    what RFC 5280 clients fetch over http: CA certificates, OCSP, CRLs, plus health checks).
+    """
+
+    bind: str = Field(
+        "127.0.0.1:8080", description="host:port of the plain-HTTP listener (/ca, /ocsp, /crl)"
+    )
+    https_bind: str = Field(
+        "127.0.0.1:8443", description="host:port of the HTTPS listener (API); empty: no HTTPS"
+    )
     public_base_url: str = Field(
         "http://127.0.0.1:8080",
         description="http URL clients reach (AIA, CRL distribution point, OCSP URLs are built from it)",
     )
-    workers: int = Field(2, ge=1, le=64)
+    tls_hostnames: list[str] = Field(
+        default_factory=lambda: ["localhost"],
+        description="DNS names (or IPs) in the HTTPS certificate; 127.0.0.1 and ::1 are always added",
+        max_length=100,
+    )
+    tls_cert_file: str = Field("tls/server.crt", description="HTTPS certificate chain (PEM)")
+    tls_key_file: str = Field("tls/server.key", description="HTTPS private key (PEM, mode 0600)")
+    tls_renew_days: int = Field(
+        30, ge=0, le=365, description="serve renews the certificate if it expires within this"
+    )
+    workers: int = Field(2, ge=1, le=64, description="gunicorn worker processes per listener")
+    threads: int = Field(8, ge=1, le=256, description="gthread threads per worker")
     timeout_seconds: int = Field(30, ge=1)
 
     @field_validator("public_base_url")
@@ -56,6 +85,77 @@ class ServerConfig(_Section):
         if not value.startswith("http://"):
             raise ValueError("must be an http:// URL (RFC 5280 wants AIA/CDP over plain HTTP)")
         return value.rstrip("/")
+
+    @field_validator("bind", "https_bind")
+    @classmethod
+    def _bind(cls, value: str, info: ValidationInfo) -> str:
+        if value == "" and info.field_name == "https_bind":
+            return value  # HTTPS disabled
+        check_bind(value)
+        return value
+
+    @field_validator("tls_hostnames")
+    @classmethod
+    def _hostnames(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for name in value:
+            normal = _tls_hostname(name)
+            if normal in out:
+                raise ValueError(f"{name!r} is listed twice")
+            out.append(normal)
+        return out
+
+    @field_validator("tls_cert_file", "tls_key_file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a file")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ServerConfig:
+        if self.https_bind and self.https_bind == self.bind:
+            raise ValueError("https_bind and bind must differ (one listener each)")
+        if self.tls_cert_file == self.tls_key_file:
+            raise ValueError("tls_cert_file and tls_key_file must differ")
+        return self
+
+
+_BIND_HOST = re.compile(r"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)$")
+_DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def check_bind(value: str) -> None:
+    """A gunicorn address: ``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH``; ValueError otherwise."""
+    if value.startswith("unix:"):
+        if len(value) == len("unix:"):
+            raise ValueError("unix: needs a socket path")
+        return
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not _BIND_HOST.match(host):
+        raise ValueError(f"{value!r} is not HOST:PORT, [IPv6]:PORT or unix:PATH")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be 1-65535")
+
+
+def _tls_hostname(name: str) -> str:
+    """A DNS name (lower-cased) or an IP address (normalised) for the HTTPS certificate."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    lowered = name.lower()
+    labels = lowered.split(".")
+    if (
+        not lowered.isascii()
+        or len(lowered) > 253
+        or not all(_DNS_LABEL.match(label) for label in labels)
+    ):
+        raise ValueError(
+            f"{name!r} is not a DNS name or an IP address (no wildcards, no trailing dot; "
+            "IDNs in their xn-- form)"
+        )
+    return lowered
 
 
 class DatabaseConfig(_Section):
@@ -149,7 +249,8 @@ class ProfileConfig(_Section):
         description="allowed URI SANs; * matches one path segment, e.g. spiffe://corp.internal/ns/*/sa/*",
     )
     email_patterns: list[str] = Field(
-        default_factory=list, description="allowed email SANs: exact, or *@domain"
+        default_factory=list,
+        description="allowed email SANs: exact, *@domain, or *@.domain (any domain below)",
     )
     key_usage: list[str] = Field(
         default_factory=lambda: ["digitalSignature", "keyEncipherment"],

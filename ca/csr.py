@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -16,13 +18,38 @@ from ca.errors import BadCSR, BadPublicKey
 #: Larger inputs are refused before parsing (a CSR is a few KiB at most).
 MAX_CSR_BYTES = 64 * 1024
 _EC_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-# Extensions a CSR may carry that we read (SAN) or harmlessly ignore; others are noted as ignored.
-_KNOWN_REQUESTED = {ExtensionOID.SUBJECT_ALTERNATIVE_NAME}
+
+#: Subject attributes known by short name; any other appears as its dotted OID.
+SUBJECT_ATTRIBUTES: dict[str, x509.ObjectIdentifier] = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "serialNumber": NameOID.SERIAL_NUMBER,
+}
+_ATTRIBUTE_NAMES = {oid: name for name, oid in SUBJECT_ATTRIBUTES.items()}
+# RFC 5280 appendix A upper bounds, counted in UTF-8 octets (cryptography refuses a longer CN).
+_UPPER_BOUNDS = {"CN": 64, "O": 64, "OU": 64, "L": 128, "ST": 128, "serialNumber": 64}
+# cryptography encodes these as PrintableString / IA5String and does not check the characters.
+_PRINTABLE_STRING = {
+    NameOID.COUNTRY_NAME,
+    NameOID.JURISDICTION_COUNTRY_NAME,
+    NameOID.SERIAL_NUMBER,
+    NameOID.DN_QUALIFIER,
+}
+_IA5_STRING = {NameOID.EMAIL_ADDRESS, NameOID.DOMAIN_COMPONENT}
+_PRINTABLE_CHARS = frozenset(string.ascii_letters + string.digits + " '()+,-./:=?")
 
 
 @dataclass(frozen=True)
 class CsrFacts:
-    """What the CA takes from a checked CSR. Nothing else from the CSR reaches a certificate."""
+    """What the CA takes from a checked CSR. Nothing else from the CSR reaches a certificate.
+
+    Names are exactly as the CSR has them (syntax is judged by the policy, so that every problem
+    is reported at once); exact duplicates are collapsed. The CN is *not* added to the SANs.
+    """
 
     csr: x509.CertificateSigningRequest
     der_sha256: str
@@ -31,6 +58,14 @@ class CsrFacts:
     dns_names: tuple[str, ...]
     ip_addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
     ignored_extensions: tuple[str, ...]
+    uris: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+    #: (short name or dotted OID, value) pairs in CSR order, e.g. ``("CN", "www.example.com")``.
+    subject_attributes: tuple[tuple[str, str], ...] = ()
+    #: Requested extensions the policy refuses rather than silently dropping.
+    requests_ca: bool = False
+    requested_name_constraints: bool = False
+    requested_policies: tuple[str, ...] = ()
 
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
@@ -39,8 +74,38 @@ class CsrFacts:
         return key
 
     def san_strings(self) -> list[str]:
-        """SANs as ``dns:name`` / ``ip:addr`` strings, for storage and audit."""
-        return [f"dns:{d}" for d in self.dns_names] + [f"ip:{ip}" for ip in self.ip_addresses]
+        """SANs as ``dns:`` / ``ip:`` / ``uri:`` / ``email:`` strings, for storage and audit."""
+        return san_strings(self.dns_names, self.ip_addresses, self.uris, self.emails)
+
+
+def san_strings(
+    dns_names: Iterable[str],
+    ip_addresses: Iterable[object],
+    uris: Iterable[str] = (),
+    emails: Iterable[str] = (),
+) -> list[str]:
+    return (
+        [f"dns:{d}" for d in dns_names]
+        + [f"ip:{ip}" for ip in ip_addresses]
+        + [f"uri:{u}" for u in uris]
+        + [f"email:{e}" for e in emails]
+    )
+
+
+def attribute_oid(name: str) -> x509.ObjectIdentifier:
+    """The OID of a subject attribute given as a short name (``CN``) or a dotted OID."""
+    oid = SUBJECT_ATTRIBUTES.get(name)
+    return oid if oid is not None else x509.ObjectIdentifier(name)
+
+
+def attribute_name(oid: x509.ObjectIdentifier) -> str:
+    """``CN``, ``O``, ... for the attributes we name, the dotted OID for any other."""
+    return _ATTRIBUTE_NAMES.get(oid, oid.dotted_string)
+
+
+def subject_name(attributes: Iterable[tuple[str, str]]) -> x509.Name:
+    """An ``x509.Name`` of single-valued RDNs from (name, value) pairs (see :attr:`subject_attributes`)."""
+    return x509.Name([x509.NameAttribute(attribute_oid(n), v) for n, v in attributes])
 
 
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
@@ -98,7 +163,11 @@ def check_public_key(key: object) -> list[str]:
 
 
 def check_csr(data: bytes) -> CsrFacts:
-    """Parse ``data``, verify its self-signature and key, and extract the names it asks for."""
+    """Parse ``data``, verify its self-signature and key, and extract what it asks for.
+
+    Raises :class:`BadCSR` / :class:`BadPublicKey` only for structural problems; whether the names,
+    subject and requested extensions are acceptable is the policy's decision.
+    """
     csr = load_csr(data)
     try:
         public_key = csr.public_key()
@@ -116,21 +185,25 @@ def check_csr(data: bytes) -> CsrFacts:
     key_type = key_type_of(public_key)
 
     try:
-        cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        rdns = list(csr.subject.rdns)
         extensions = list(csr.extensions)
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except x509.DuplicateExtension as exc:
+        raise BadCSR(f"CSR has a duplicate extension ({_oid_name(exc.oid)})") from None
+    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
         raise BadCSR(f"CSR content could not be parsed ({exc})") from None
+    attributes = _subject_attributes(rdns)
+    cns = [value for name, value in attributes if name == "CN"]
     if len(cns) > 1:
         raise BadCSR("CSR subject has more than one common name")
-    cn = cns[0].value if cns else None
-    if isinstance(cn, bytes):
-        raise BadCSR("CSR common name is not a string")
-    if cn is not None and not 1 <= len(cn) <= 64:
-        raise BadCSR("CSR common name must be 1 to 64 characters (RFC 5280 ub-common-name)")
+    cn = cns[0] if cns else None
 
     dns: list[str] = []
     ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    uris: list[str] = []
+    emails: list[str] = []
     ignored: list[str] = []
+    requests_ca = requested_name_constraints = False
+    policies: list[str] = []
     for ext in extensions:
         if ext.oid == ExtensionOID.SUBJECT_ALTERNATIVE_NAME:
             san = ext.value
@@ -142,66 +215,74 @@ def check_csr(data: bytes) -> CsrFacts:
                     gn.value, (ipaddress.IPv4Address, ipaddress.IPv6Address)
                 ):
                     ips.append(gn.value)
+                elif isinstance(gn, x509.UniformResourceIdentifier):
+                    uris.append(gn.value)
+                elif isinstance(gn, x509.RFC822Name):
+                    emails.append(gn.value)
                 else:
                     raise BadCSR(
                         f"CSR asks for an unsupported subjectAltName type ({type(gn).__name__})"
                     )
-        else:
-            # Never copied into a certificate (CA:true, name constraints, anything unknown).
-            name = getattr(ext.oid, "_name", "Unknown OID")
-            if name == "Unknown OID":
-                name = ext.oid.dotted_string
-            ignored.append(name)
-
-    if cn is not None:
-        cn_ip = _as_ip(cn)
-        if cn_ip is not None:
-            if cn_ip not in ips:
-                ips.insert(0, cn_ip)
-        elif cn not in dns:
-            dns.insert(0, cn)
-    for name in dns:
-        problem = _dns_problem(name)
-        if problem:
-            raise BadCSR(f"CSR name {name!r}: {problem}")
-    if len(set(dns)) != len(dns) or len(set(ips)) != len(ips):
-        dns = list(dict.fromkeys(dns))
-        ips = list(dict.fromkeys(ips))
+            continue
+        # Never copied into a certificate; the ones that ask for authority are refused by policy.
+        value = ext.value
+        if isinstance(value, x509.BasicConstraints) and value.ca:
+            requests_ca = True
+        elif isinstance(value, x509.NameConstraints):
+            requested_name_constraints = True
+        elif isinstance(value, x509.CertificatePolicies):
+            policies += [p.policy_identifier.dotted_string for p in value]
+        ignored.append(_oid_name(ext.oid))
 
     return CsrFacts(
         csr=csr,
         der_sha256=hashlib.sha256(csr.public_bytes(Encoding.DER)).hexdigest(),
         key_type=key_type,
         common_name=cn,
-        dns_names=tuple(dns),
-        ip_addresses=tuple(ips),
+        dns_names=tuple(dict.fromkeys(dns)),
+        ip_addresses=tuple(dict.fromkeys(ips)),
         ignored_extensions=tuple(ignored),
+        uris=tuple(dict.fromkeys(uris)),
+        emails=tuple(dict.fromkeys(emails)),
+        subject_attributes=tuple(attributes),
+        requests_ca=requests_ca,
+        requested_name_constraints=requested_name_constraints,
+        requested_policies=tuple(dict.fromkeys(policies)),
     )
 
 
-def _as_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
+def _subject_attributes(rdns: list[x509.RelativeDistinguishedName]) -> list[tuple[str, str]]:
+    """(name, value) pairs of a subject we could re-encode faithfully; :class:`BadCSR` otherwise."""
+    out = []
+    for rdn in rdns:
+        if len(rdn) != 1:
+            raise BadCSR("CSR subject has a multi-valued RDN (one attribute per RDN, please)")
+        [attr] = rdn
+        name = attribute_name(attr.oid)
+        value = attr.value
+        if not isinstance(value, str):
+            raise BadCSR(f"CSR subject attribute {name} is not a string")
+        what = "common name" if name == "CN" else f"subject attribute {name}"
+        octets = len(value.encode("utf-8"))
+        limit = _UPPER_BOUNDS.get(name)
+        if not value:
+            raise BadCSR(f"CSR {what} is empty")
+        if limit is not None and octets > limit:
+            raise BadCSR(
+                f"CSR {what} is {octets} octets long; at most {limit} (RFC 5280 upper bound)"
+            )
+        if attr.oid in (NameOID.COUNTRY_NAME, NameOID.JURISDICTION_COUNTRY_NAME) and not (
+            len(value) == 2 and value.isascii() and value.isalpha() and value.isupper()
+        ):
+            raise BadCSR(f"CSR subject attribute {name} must be a two-letter country code")
+        if attr.oid in _PRINTABLE_STRING and not set(value) <= _PRINTABLE_CHARS:
+            raise BadCSR(f"CSR subject attribute {name} has characters PrintableString lacks")
+        if attr.oid in _IA5_STRING and not value.isascii():
+            raise BadCSR(f"CSR subject attribute {name} must be ASCII (IA5String)")
+        out.append((name, value))
+    return out
 
 
-def _dns_problem(name: str) -> str | None:
-    """A basic syntax check of a DNS name (the policy engine applies the full rules)."""
-    if not name or len(name) > 253:
-        return "length must be 1..253"
-    if name != name.lower():
-        return "must be lowercase"
-    if name.endswith("."):
-        return "must not end with a dot"
-    labels = name.split(".")
-    for i, label in enumerate(labels):
-        if label == "*" and i == 0 and len(labels) > 2:
-            continue
-        if not label or len(label) > 63:
-            return "has an empty or over-long label"
-        if label.startswith("-") or label.endswith("-"):
-            return "has a label starting or ending with '-'"
-        if not all(c.isascii() and (c.isalnum() or c == "-") for c in label):
-            return "may contain only a-z, 0-9 and '-' (use A-labels for IDNs)"
-    return None
+def _oid_name(oid: x509.ObjectIdentifier) -> str:
+    name = getattr(oid, "_name", "Unknown OID")
+    return oid.dotted_string if name == "Unknown OID" else str(name)

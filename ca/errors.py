@@ -89,9 +89,16 @@ class PolicyDenied(CAError):
 
     kind = "policyDenied"
 
-    def __init__(self, message: str, violations: tuple[object, ...] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        violations: tuple[object, ...] = (),
+        details: dict[str, object] | None = None,
+    ) -> None:
         super().__init__(message)
         self.violations = violations
+        #: What the audit record keeps of the decision (profile hash, rules matched and failed).
+        self.details = details or {}
 
 
 class Forbidden(CAError):

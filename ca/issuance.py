@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives import serialization
 from ca.authority import Authority, LoadedIssuer, fingerprint, serial_hex
 from ca.csr import CsrFacts, check_csr
 from ca.errors import (
-    BadCSR,
-    BadPublicKey,
     CAError,
     ConfigError,
     HsmKeyNotFound,
     HsmUnavailable,
     KeyMismatch,
+    PolicyDenied,
     StoreError,
 )
+from ca.policy import Decision, Requester, decide, name_constraints_of, violations_text
 from ca.profiles import Profile
 from ca.x509build import build_leaf, leaf_validity
 
@@ -51,6 +51,13 @@ class IssuanceRequest:
     profile: str
     requester: str
     validity_days: int | None = None
+    #: The API client asking, whose own restrictions apply; ``None``: the local operator (CLI).
+    client: Requester | None = None
+    #: What the requester says about the certificate (owner, team, contact, service, ...).
+    metadata: Mapping[str, str] | None = None
+    #: The approved enrollment request this issuance completes (dual control), and its approver.
+    request_id: str | None = None
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,7 @@ class _Prepared:
     issuer: LoadedIssuer
     not_before: datetime
     not_after: datetime
+    decision: Decision
 
 
 def new_serial() -> int:
@@ -91,26 +99,36 @@ def _check(auth: Authority, req: IssuanceRequest, now: datetime) -> _Prepared:
     """Step 1: every check that needs no state change. Raises a CAError naming the problem."""
     profile = auth.profile(req.profile)
     facts = check_csr(req.csr)
-    if facts.key_type not in profile.key_types:
-        raise BadPublicKey(
-            f"profile {profile.name!r} does not accept {facts.key_type} keys "
-            f"(accepted: {', '.join(sorted(profile.key_types))})"
-        )
-    if profile.require_san and not (facts.dns_names or facts.ip_addresses):
-        raise BadCSR("CSR names no DNS name or IP address (in subjectAltName or CN)")
-    validity = None
-    if req.validity_days is not None:
-        if req.validity_days < 1:
-            raise BadCSR("validity_days must be at least 1")
-        validity = timedelta(days=req.validity_days)
-        if validity > profile.max_validity:
-            raise BadCSR(
-                f"validity of {req.validity_days} days exceeds profile {profile.name!r} maximum "
-                f"of {profile.max_validity.days} days"
-            )
     issuer = auth.issuer(profile.issuer)
-    not_before, not_after = leaf_validity(profile, now, issuer.certificate, validity)
-    return _Prepared(req, facts, profile, issuer, not_before, not_after)
+    requester = req.client or Requester.operator(req.requester)
+    decision = decide(
+        facts,
+        profile,
+        requester,
+        now,
+        validity_days=req.validity_days,
+        issuer_constraints=name_constraints_of(issuer.certificate),
+    )
+    if not decision.allowed:
+        raise PolicyDenied(
+            violations_text(decision.violations), decision.violations, decision.audit_details()
+        )
+    not_before, not_after = leaf_validity(profile, now, issuer.certificate, decision.validity)
+    return _Prepared(req, facts, profile, issuer, not_before, not_after, decision)
+
+
+def check_request(auth: Authority, req: IssuanceRequest) -> _Prepared:
+    """Step 1 alone (for requests kept for approval): the checks, a denial audited and raised."""
+    try:
+        return _check(auth, req, auth.now())
+    except _OUTAGES:
+        raise
+    except CAError as exc:
+        _deny(auth, req, exc)
+        raise
+
+
+_OUTAGES = (StoreError, HsmUnavailable, KeyMismatch, ConfigError, HsmKeyNotFound)
 
 
 def _deny(auth: Authority, req: IssuanceRequest, error: CAError) -> None:
@@ -122,7 +140,14 @@ def _deny(auth: Authority, req: IssuanceRequest, error: CAError) -> None:
         "request_bytes": len(req.csr),
         "request_sha256": hashlib.sha256(req.csr).hexdigest(),
     }
-    auth.audit(req.requester, "certificate.denied", req.profile, details)
+    if isinstance(error, PolicyDenied):
+        details.update(error.details)
+    elif req.profile in auth.profiles:
+        details["profile_sha256"] = auth.profiles[req.profile].sha256
+    if req.request_id:
+        details["request_id"] = req.request_id
+        details["approved_by"] = req.approved_by
+    auth.audit(req.requester, "certificate.denied", req.profile[:256], details)
 
 
 def issue(
@@ -149,7 +174,7 @@ def issue_many(
     for i, req in enumerate(requests):
         try:
             prepared.append((i, _check(auth, req, now)))
-        except (StoreError, HsmUnavailable, KeyMismatch, ConfigError, HsmKeyNotFound):
+        except _OUTAGES:
             raise  # the CA cannot work right now: an outage, not a decision about this request
         except CAError as exc:
             _deny(auth, req, exc)
@@ -177,6 +202,7 @@ def issue_many(
             builders.append(
                 build_leaf(
                     p.facts,
+                    p.decision,
                     p.profile,
                     p.issuer.certificate,
                     serial,
@@ -189,14 +215,19 @@ def issue_many(
                 "serial": s,
                 "issuer": p.issuer.name,
                 "profile": p.profile.name,
-                "subject_cn": p.facts.common_name,
-                "sans": p.facts.san_strings(),
+                "subject_cn": p.decision.common_name,
+                "sans": p.decision.san_strings(),
                 "key_type": p.facts.key_type,
                 "not_before": _iso(p.not_before),
                 "not_after": _iso(p.not_after),
                 "request_sha256": p.facts.der_sha256,
                 "ignored_csr_extensions": list(p.facts.ignored_extensions),
+                "metadata": dict(p.request.metadata or {}),
+                **p.decision.audit_details(),
             }
+            if p.request.request_id:
+                details["request_id"] = p.request.request_id
+                details["approved_by"] = p.request.approved_by
             intent_rows.append(
                 {
                     "serial": s,
@@ -239,7 +270,7 @@ def issue_many(
                 "serial": s,
                 "issuer_id": p.issuer.row.id,
                 "subject": cert.subject.rfc4514_string(),
-                "sans": json.dumps(p.facts.san_strings()),
+                "sans": json.dumps(p.decision.san_strings()),
                 "key_type": p.facts.key_type,
                 "not_before": cert.not_valid_before_utc,
                 "not_after": cert.not_valid_after_utc,
@@ -249,6 +280,8 @@ def issue_many(
                 "der": cert.public_bytes(serialization.Encoding.DER),
                 "fingerprint_sha256": fp,
                 "created_at": stored_at,
+                "owner": (p.request.metadata or {}).get("owner"),
+                "meta": json.dumps(dict(p.request.metadata or {}), sort_keys=True),
             }
         )
         issued_events.append(
@@ -267,6 +300,12 @@ def issue_many(
     with auth.db.write() as conn:
         if auth.db.complete_intents(conn, serials, stored_at) != len(serials):
             raise _IntentGone(serials)
+        for (_, p), s in zip(prepared, serials, strict=True):
+            request_id = p.request.request_id
+            if request_id and not auth.db.move_request(
+                conn, request_id, ["approved"], "issued", serial=s
+            ):
+                raise _IntentGone(serials)
         auth.db.add_certificates(conn, cert_rows)
         auth.db.append_audit_many(conn, stored_at, issued_events)
     if on_step:

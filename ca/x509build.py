@@ -6,15 +6,16 @@ linters (pkilint) treat our certificates like public ones.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
-from ca.csr import CsrFacts
+from ca.csr import CsrFacts, subject_name
 from ca.keys import PublicKey
+from ca.policy import Decision
 from ca.profiles import Profile
 
 ANY_POLICY = x509.ObjectIdentifier("2.5.29.32.0")
@@ -128,6 +129,7 @@ def leaf_validity(
 
 def build_leaf(
     facts: CsrFacts,
+    decision: Decision,
     profile: Profile,
     issuer: x509.Certificate,
     serial: int,
@@ -135,16 +137,20 @@ def build_leaf(
     not_after: datetime,
     urls: CaUrls,
 ) -> x509.CertificateBuilder:
-    """An end-entity certificate from checked CSR facts; no CSR extension is ever copied."""
+    """An end-entity certificate for an allowed ``decision``; no CSR extension is ever copied.
+
+    Names, subject and key usage come from the decision (normalised, CN dropped or checked);
+    only the public key comes from ``facts``.
+    """
+    if not decision.allowed:
+        raise ValueError("build_leaf needs an allowed decision")
     public_key = facts.public_key
-    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in facts.dns_names]
-    sans += [x509.IPAddress(ip) for ip in facts.ip_addresses]
-    subject = (
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, facts.common_name)])
-        if facts.common_name
-        else x509.Name([])
-    )
-    is_ec = isinstance(public_key, ec.EllipticCurvePublicKey)
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in decision.dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in decision.ip_addresses]
+    sans += [x509.UniformResourceIdentifier(u) for u in decision.uris]
+    sans += [x509.RFC822Name(e) for e in decision.emails]
+    subject = subject_name(decision.subject)
+    usage = set(decision.key_usage)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -159,12 +165,11 @@ def build_leaf(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                # RSA keys may also be used for RSA key transport; EC keys must not claim it.
-                key_encipherment=not is_ec,
-                data_encipherment=False,
-                key_agreement=False,
+                digital_signature="digitalSignature" in usage,
+                content_commitment="contentCommitment" in usage,
+                key_encipherment="keyEncipherment" in usage,
+                data_encipherment="dataEncipherment" in usage,
+                key_agreement="keyAgreement" in usage,
                 key_cert_sign=False,
                 crl_sign=False,
                 encipher_only=False,
@@ -187,7 +192,7 @@ def build_leaf(
     if sans:
         # RFC 5280 4.2.1.6: with an empty subject the SAN extension is critical.
         builder = builder.add_extension(
-            x509.SubjectAlternativeName(sans), critical=not facts.common_name
+            x509.SubjectAlternativeName(sans), critical=len(subject) == 0
         )
     return builder
 

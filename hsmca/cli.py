@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import pwd
+import subprocess
 import sys
 from collections.abc import Callable
 from datetime import timedelta
@@ -126,13 +127,15 @@ def main(ctx: click.Context, data_dir: Path | None) -> None:
 @pass_ctx
 @handle_errors
 def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str | None) -> None:
-    """Create the data directory, HSM token, database, root CA and issuing CA.
+    """Create the data directory, HSM token, database, root CA, issuing CA and HTTPS certificate.
 
     On the embedded default a SoftHSM2 token is made in DATA_DIR/softhsm with random user and SO
     PINs in DATA_DIR/pins (mode 0600). With another PKCS#11 module, write hsmca.toml first
-    ([hsm] module, token_label, pin_file) and the token must exist.
+    ([hsm] module, token_label, pin_file) and the token must exist. The CA then issues the
+    certificate of its own HTTPS listener (profile server; key in DATA_DIR/tls, mode 0600).
     """
     from ca.hierarchy import create_intermediate, create_root
+    from hsmca.server import describe_tls_certificate, require_tls_profile, write_tls_certificate
 
     data = c.data_dir
     os.umask(0o077)  # the database, token store and PIN files are for this user only
@@ -144,6 +147,7 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
     elif public_url or root_key or issuing_key:
         raise ConfigError(f"{cfg_path} exists: edit it instead of passing options")
     cfg = c.config
+    require_tls_profile(cfg)  # before any key is made
     if cfg.hsm.softhsm_conf:
         _make_softhsm_tokens(cfg)
     auth = c.auth
@@ -165,6 +169,14 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
         auth, cfg.ca.intermediate_name, common_name=cfg.ca.intermediate_common_name, actor=_actor()
     )
     click.echo(f"issuing CA {inter.name!r}: {inter.certificate.subject.rfc4514_string()}")
+    if cfg.server.https_bind:
+        try:
+            issued = write_tls_certificate(auth, cfg)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{exc}. The CAs exist: once this is fixed, 'hsmca serve' issues the certificate"
+            ) from None
+        click.echo(f"https: {describe_tls_certificate(cfg, issued)}")
     click.echo(f"done. Start the CA with: hsmca --data-dir {data} serve")
 
 
@@ -431,16 +443,29 @@ def db_upgrade(c: Ctx) -> None:
 
 
 @main.command()
-@click.option("--bind", default=None, help="host:port (default: [server] bind, 127.0.0.1:8080).")
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes.")
+@click.option(
+    "--bind", default=None, help="Plain-HTTP host:port (default: [server] bind, 127.0.0.1:8080)."
+)
+@click.option(
+    "--https-bind",
+    default=None,
+    help='HTTPS host:port (default: [server] https_bind, 127.0.0.1:8443); "" for none.',
+)
+@click.option("--workers", type=int, default=None, help="gunicorn worker processes per listener.")
 @pass_ctx
 @handle_errors
-def serve(c: Ctx, bind: str | None, workers: int | None) -> None:
-    """Run the CA's HTTP server (gunicorn) on the configured address."""
+def serve(c: Ctx, bind: str | None, https_bind: str | None, workers: int | None) -> None:
+    """Run the CA's servers: HTTPS (API) and plain HTTP (CA certificates, OCSP, CRLs).
+
+    Two gunicorn arbiters: HTTPS in the foreground, plain HTTP in a child process; SIGTERM or
+    SIGINT stops both. The HTTPS certificate is renewed first if it is missing, expires within
+    [server] tls_renew_days, or no longer matches tls_hostnames.
+    """
     from ca.issuance import recover_intents
-    from hsmca.server import run_gunicorn
+    from hsmca.server import listeners, run_servers
 
     cfg = c.config
+    plain_bind, tls_bind, n_workers = listeners(cfg, bind, https_bind, workers)
     auth = c.auth
     resolved = recover_intents(auth, older_than=timedelta(seconds=60))
     if resolved:
@@ -455,7 +480,24 @@ def serve(c: Ctx, bind: str | None, workers: int | None) -> None:
         ) from None
     auth.db.dispose()  # no database connection crosses the fork into workers
     os.environ["HSMCA_HOME"] = str(c.data_dir)
-    run_gunicorn(bind or cfg.server.bind, workers or cfg.server.workers, cfg.server.timeout_seconds)
+    # Workers (and the plain-HTTP child) load the config again: give them the listeners in use.
+    os.environ.update(HSMCA_SERVER_BIND=plain_bind, HSMCA_SERVER_HTTPS_BIND=tls_bind)
+    if tls_bind:
+        # In a child process: this one forks the workers and must never open the HSM itself.
+        checked = subprocess.run([sys.executable, "-m", "hsmca.server", "tls"], check=False)
+        if checked.returncode != 0:
+            sys.exit(1)  # the child printed the reason
+    status = run_servers(
+        plain_bind,
+        tls_bind,
+        n_workers,
+        cfg.server.threads,
+        cfg.server.timeout_seconds,
+        cfg.path(cfg.server.tls_cert_file),
+        cfg.path(cfg.server.tls_key_file),
+    )
+    if status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":  # pragma: no cover

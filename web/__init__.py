@@ -21,13 +21,18 @@ from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
 from web.problems import problem
+from web.surface import Surface, check_surface, restrict_to_plain
 
 
 def create_app(
     config: AppConfig | None = None,
     authority_factory: Callable[[AppConfig], Authority] | None = None,
+    surface: Surface = "all",
 ) -> Flask:
-    """Build the app. ``config`` defaults to the data directory in ``HSMCA_HOME``."""
+    """Build the app. ``config`` defaults to the data directory in ``HSMCA_HOME``.
+
+    ``surface="plain"`` is the plain-HTTP listener's app: only /ca, /ocsp, /crl and health checks.
+    """
     app = Flask("hsmca")
     app.json.sort_keys = False  # type: ignore[attr-defined]
     state: dict[str, Any] = {}
@@ -44,6 +49,11 @@ def create_app(
             return current
 
     app.extensions["hsmca.authority"] = authority
+    _register_api(app, authority, state, lock)
+    if check_surface(surface) == "plain":
+        restrict_to_plain(
+            app, lambda: config or load_config(Path(os.environ.get("HSMCA_HOME", ".")))
+        )
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -121,3 +131,60 @@ def _cert_response(body: bytes, mimetype: str) -> Response:
     resp = Response(body, mimetype=mimetype)
     resp.headers["Cache-Control"] = "public, max-age=3600"
     return resp
+
+
+def _register_api(
+    app: Flask, authority: Callable[[], Authority], state: dict[str, Any], lock: threading.Lock
+) -> None:
+    """The REST API with its per-process group-commit queue, body limit and problem handlers."""
+    from werkzeug.exceptions import HTTPException
+
+    from ca.batching import IssuanceQueue
+    from web.api import api_blueprint
+    from web.problems import problem_of
+
+    def queue() -> IssuanceQueue:
+        auth = authority()
+        with lock:
+            current = state.get("queue")
+            if current is None or current.auth is not auth:
+                api = auth.config.api
+                current = IssuanceQueue(auth, api.batch_max, api.batch_window_ms / 1000)
+                state["queue"] = current
+            return current
+
+    def body_limit() -> int:
+        return int(authority().config.api.max_body_bytes)
+
+    @app.before_request
+    def _limit_body() -> None:
+        # Flask reads MAX_CONTENT_LENGTH per request; set it from config lazily (after fork).
+        app.config["MAX_CONTENT_LENGTH"] = state.get("max_body") or state.setdefault(
+            "max_body", body_limit()
+        )
+
+    app.register_blueprint(api_blueprint(authority, queue))
+    by_status = {
+        400: "malformed",
+        401: "unauthorized",
+        403: "forbidden",
+        404: "notFound",
+        405: "methodNotAllowed",
+        406: "notAcceptable",
+        409: "conflict",
+        413: "tooLarge",
+        415: "unsupportedMediaType",
+    }
+
+    @app.errorhandler(HTTPException)
+    def http_problem(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status >= 500:
+            return problem(status, "Internal Server Error", "internal error")
+        kind = by_status.get(status)
+        detail = exc.description or exc.name
+        if kind is None:
+            return problem(status, exc.name, detail)
+        if status == 413:
+            detail = f"the body is over the limit of {state.get('max_body', 0)} bytes"
+        return problem_of(kind, detail)

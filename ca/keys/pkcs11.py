@@ -99,6 +99,7 @@ def _open_library(module: str) -> Any:
                 raise HsmUnavailable(
                     f"PKCS#11 module {module} failed to re-initialise: {_name(exc)}"
                 ) from exc
+            _clear_openssl_errors()
             _libs[module] = (pid, lib)
             return lib
         if not os.path.exists(module):
@@ -107,8 +108,32 @@ def _open_library(module: str) -> Any:
             lib = pkcs11.lib(module)
         except p11e.PKCS11Error as exc:
             raise HsmUnavailable(f"PKCS#11 module {module} failed to load: {_name(exc)}") from exc
+        _clear_openssl_errors()
         _libs[module] = (pid, lib)
         return lib
+
+
+def _clear_openssl_errors() -> None:
+    """Drop errors SoftHSM leaves on this thread's OpenSSL error queue while initialising.
+
+    Otherwise the next TLS operation on the thread (a gunicorn HTTPS worker) reports the stale
+    ``NO_SUCH_ENGINE`` error as its own and the connection is logged as invalid.
+    """
+    global _libcrypto
+    try:
+        if _libcrypto is None:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("crypto")
+            _libcrypto = ctypes.CDLL(name) if name else False
+        if _libcrypto:
+            _libcrypto.ERR_clear_error()
+    except (OSError, AttributeError):
+        _libcrypto = False
+
+
+_libcrypto: Any = None
 
 
 def _name(exc: BaseException) -> str:

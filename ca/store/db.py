@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -80,6 +81,58 @@ class CertificateRow:
     der: bytes
     fingerprint_sha256: str
     created_at: datetime
+    id: int = 0
+    owner: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientRow:
+    """An API client as stored (its token only as a hash)."""
+
+    name: str
+    token_sha256: str
+    roles: list[str]
+    profiles: list[str]
+    names: list[str]
+    disabled: bool
+    created_at: datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """An enrollment request kept for approval."""
+
+    id: str
+    requester: str
+    profile: str
+    csr_der: bytes
+    validity_days: int | None
+    meta: dict[str, Any]
+    decision: dict[str, Any]
+    state: str
+    created_at: datetime
+    expires_at: datetime
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+    serial: str | None
+
+
+@dataclass(frozen=True)
+class CertificateFilter:
+    """Inventory filters; ``None`` means "any"."""
+
+    status: str | None = None
+    profile: str | None = None
+    issuer: str | None = None
+    name: str | None = None  # substring of any SAN or the subject
+    name_exact: str | None = None  # one SAN exactly (dns/ip/uri/email value)
+    owner: str | None = None
+    requester: str | None = None
+    expiring_before: datetime | None = None  # not_after < this (and not yet expired: > now)
+    now: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -335,6 +388,121 @@ class Database:
         with self.read() as conn:
             return [_cert_from_row(r) for r in conn.execute(query).all()]
 
+    def find_certificates(
+        self, flt: CertificateFilter, after_id: int = 0, limit: int = 100
+    ) -> list[CertificateRow]:
+        """Certificates matching ``flt`` with id > ``after_id``, oldest first (keyset pagination)."""
+        c = t.Certificate
+        query = (
+            select(c.__table__, t.CertificateAuthority.name.label("issuer_name"))
+            .join(t.CertificateAuthority, c.issuer_id == t.CertificateAuthority.id)
+            .where(c.id > after_id)
+        )
+        if flt.status is not None:
+            query = query.where(c.status == flt.status)
+        if flt.profile is not None:
+            query = query.where(c.profile == flt.profile)
+        if flt.issuer is not None:
+            query = query.where(t.CertificateAuthority.name == flt.issuer)
+        if flt.owner is not None:
+            query = query.where(c.owner == flt.owner)
+        if flt.requester is not None:
+            query = query.where(c.requester == flt.requester)
+        if flt.name is not None:
+            pattern = f"%{_like_escape(flt.name.lower())}%"
+            query = query.where(
+                or_(
+                    func.lower(c.sans).like(pattern, escape="\\"),
+                    func.lower(c.subject).like(pattern, escape="\\"),
+                )
+            )
+        if flt.name_exact is not None:
+            # sans is a JSON list of "kind:value" strings; match one element exactly.
+            needle = json.dumps(flt.name_exact)[1:-1]
+            query = query.where(c.sans.like(f'%:{_like_escape(needle)}"%', escape="\\"))
+        if flt.expiring_before is not None:
+            query = query.where(c.not_after < flt.expiring_before)
+            if flt.now is not None:
+                query = query.where(c.not_after >= flt.now)
+        query = query.order_by(c.id).limit(limit)
+        with self.read() as conn:
+            return [_cert_from_row(r) for r in conn.execute(query).all()]
+
+    # API clients -------------------------------------------------------------------------------
+
+    def add_client(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        conn.execute(insert(t.ApiClient), [dict(row)])
+
+    def client_by_token_hash(self, token_sha256: str) -> ClientRow | None:
+        query = select(t.ApiClient).where(t.ApiClient.token_sha256 == token_sha256)
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _client_from_row(row)
+
+    def get_client(self, name: str) -> ClientRow | None:
+        query = select(t.ApiClient).where(t.ApiClient.name == name)
+        with self.read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _client_from_row(row)
+
+    def list_clients(self) -> list[ClientRow]:
+        with self.read() as conn:
+            rows = conn.execute(select(t.ApiClient).order_by(t.ApiClient.name)).all()
+        return [_client_from_row(r) for r in rows]
+
+    def disable_client(self, conn: Connection, name: str, now: datetime) -> bool:
+        result = conn.execute(
+            update(t.ApiClient)
+            .where(t.ApiClient.name == name, t.ApiClient.disabled.is_(False))
+            .values(disabled=True, disabled_at=now)
+        )
+        return bool(result.rowcount)
+
+    # Enrollment requests -----------------------------------------------------------------------
+
+    def add_request(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        conn.execute(insert(t.EnrollmentRequest), [dict(row)])
+
+    def get_request(self, request_id: str, conn: Connection | None = None) -> RequestRow:
+        query = select(t.EnrollmentRequest).where(t.EnrollmentRequest.id == request_id)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.read() as own:
+                row = own.execute(query).first()
+        if row is None:
+            raise NotFound(f"no enrollment request {request_id}")
+        return _request_from_row(row)
+
+    def move_request(
+        self,
+        conn: Connection,
+        request_id: str,
+        from_states: Sequence[str],
+        to_state: str,
+        **values: Any,
+    ) -> bool:
+        """Change a request's state only if it is in one of ``from_states`` (no lost updates)."""
+        result = conn.execute(
+            update(t.EnrollmentRequest)
+            .where(
+                t.EnrollmentRequest.id == request_id,
+                t.EnrollmentRequest.state.in_(list(from_states)),
+            )
+            .values(state=to_state, **values)
+        )
+        return bool(result.rowcount)
+
+    def requests_in_state(
+        self, state: str, expiring_before: datetime | None = None
+    ) -> list[RequestRow]:
+        query = select(t.EnrollmentRequest).where(t.EnrollmentRequest.state == state)
+        if expiring_before is not None:
+            query = query.where(t.EnrollmentRequest.expires_at < expiring_before)
+        with self.read() as conn:
+            rows = conn.execute(query.order_by(t.EnrollmentRequest.created_at)).all()
+        return [_request_from_row(r) for r in rows]
+
     def count(self, table: type[t.Base]) -> int:
         with self.read() as conn:
             return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
@@ -375,7 +543,11 @@ def _ca_from_row(row: Any) -> CaRow:
 
 def _cert_from_row(row: Any) -> CertificateRow:
     cert = row
+    m = row._mapping
     return CertificateRow(
+        id=m.get("id", 0),
+        owner=m.get("owner"),
+        meta=json.loads(m["meta"]) if m.get("meta") else {},
         serial=cert.serial,
         issuer_id=cert.issuer_id,
         issuer_name=row.issuer_name,
@@ -391,6 +563,32 @@ def _cert_from_row(row: Any) -> CertificateRow:
         fingerprint_sha256=cert.fingerprint_sha256,
         created_at=cert.created_at,
     )
+
+
+def _client_from_row(row: Any) -> ClientRow:
+    m = row._mapping
+    return ClientRow(
+        name=m["name"],
+        token_sha256=m["token_sha256"],
+        roles=json.loads(m["roles"]),
+        profiles=json.loads(m["profiles"]),
+        names=json.loads(m["names"]),
+        disabled=bool(m["disabled"]),
+        created_at=m["created_at"],
+        created_by=m["created_by"],
+    )
+
+
+def _request_from_row(row: Any) -> RequestRow:
+    m = row._mapping
+    values = {f: m[f] for f in RequestRow.__dataclass_fields__}
+    values["meta"] = json.loads(m["meta"])
+    values["decision"] = json.loads(m["decision"])
+    return RequestRow(**values)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _short(exc: SQLAlchemyError) -> str:

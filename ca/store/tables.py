@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -108,6 +109,54 @@ class Certificate(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revocation_reason: Mapped[int | None] = mapped_column(Integer)
+    # What the requester said about the certificate (owner, team, contact, service, ...).
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    meta: Mapped[str | None] = mapped_column(Text)  # JSON object
+
+
+class ApiClient(Base):
+    """A REST API client: roles, the profiles and names it may ask for, and its token's hash.
+
+    The bearer token itself is shown once at creation and never stored.
+    """
+
+    __tablename__ = "api_clients"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    roles: Mapped[str] = mapped_column(Text)  # JSON list
+    profiles: Mapped[str] = mapped_column(Text)  # JSON list; empty: every profile
+    names: Mapped[str] = mapped_column(Text)  # JSON list of name rules; empty: the profile's
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    created_by: Mapped[str] = mapped_column(String(128))
+    disabled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class EnrollmentRequest(Base):
+    """A certificate request waiting for approval (dual control), and what became of it.
+
+    ``state``: ``pending`` → ``approved`` → ``issued``, or ``rejected`` / ``expired``; an approved
+    request whose issuance failed goes back to ``pending``.
+    """
+
+    __tablename__ = "enrollment_requests"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    requester: Mapped[str] = mapped_column(String(128), index=True)
+    profile: Mapped[str] = mapped_column(String(64))
+    csr_der: Mapped[bytes] = mapped_column(LargeBinary)
+    validity_days: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[str] = mapped_column(Text)  # JSON object
+    decision: Mapped[str] = mapped_column(Text)  # JSON: the policy decision at submission
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    decided_by: Mapped[str | None] = mapped_column(String(128))
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    serial: Mapped[str | None] = mapped_column(String(64))
 
 
 class AuditEvent(Base):

@@ -205,6 +205,8 @@ def test_serve_answers_health_and_ca_certificates(initialised):
             "serve",
             "--bind",
             f"127.0.0.1:{port}",
+            "--https-bind",
+            f"127.0.0.1:{_free_port()}",
             "--workers",
             "2",
         ],

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -127,23 +131,45 @@ def test_lost_sessions_reopen_by_themselves(store):
     key.public_key().verify(sig, b"after reset", ec.ECDSA(hashes.SHA256()))
 
 
+WRONG_PIN_SCRIPT = """
+import json, sys
+from ca.errors import HsmUnavailable
+from ca.keys import KeyRef
+from ca.keys.pkcs11 import Pkcs11KeyStore
+calls = []
+def wrong_pin():
+    calls.append(1)
+    return "definitely-wrong-pin"
+ks = Pkcs11KeyStore(sys.argv[1], {"hsmca-root": wrong_pin})
+ref = KeyRef("hsmca-root", "whatever", "01")
+messages = []
+for _ in range(2):
+    try:
+        ks.load(ref)
+        messages.append("loaded?!")
+    except HsmUnavailable as exc:
+        messages.append(str(exc))
+print(json.dumps({"calls": len(calls), "messages": messages}))
+"""
+
+
 def test_wrong_pin_raises_hsm_unavailable_and_is_tried_only_once(softhsm_token):
+    # PKCS#11 login state belongs to the process: a fresh one, where nobody has logged in yet.
     token, _ = softhsm_token
-    calls = []
-
-    def wrong_pin() -> str:
-        calls.append(1)
-        return "definitely-wrong-pin"
-
-    ks = Pkcs11KeyStore(token.module, {"hsmca-root": wrong_pin})
-    ref = KeyRef("hsmca-root", "whatever", "01")
-    with pytest.raises(HsmUnavailable) as first:
-        ks.load(ref)
-    with pytest.raises(HsmUnavailable) as second:
-        ks.load(ref)
-    assert len(calls) == 1, "a refused PIN must never be tried again"
-    assert "definitely-wrong-pin" not in str(first.value) + str(second.value)
-    assert "refused" in str(second.value)
+    env = {**os.environ, "SOFTHSM2_CONF": str(token.conf_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", WRONG_PIN_SCRIPT, token.module],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["calls"] == 1, "a refused PIN must never be tried again"
+    first, second = result["messages"]
+    assert "definitely-wrong-pin" not in first + second
+    assert "refused" in first and "refused" in second
 
 
 def test_unknown_token_raises_hsm_unavailable(softhsm_token):

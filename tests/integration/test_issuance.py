@@ -18,7 +18,15 @@ from helpers import make_csr, make_key
 from sqlalchemy import select
 
 from ca.audit import verify_chain
-from ca.errors import BadCSR, BadPublicKey, CAError, NotFound, StoreError, UnknownProfile
+from ca.errors import (
+    BadCSR,
+    BadPublicKey,
+    CAError,
+    NotFound,
+    PolicyDenied,
+    StoreError,
+    UnknownProfile,
+)
 from ca.issuance import IssuanceRequest, issue, issue_many, recover_intents
 from ca.store import tables as t
 
@@ -136,13 +144,14 @@ BAD_INPUTS = [
     ),
     pytest.param(_ed25519_csr(), "server", BadPublicKey, id="fail/ed25519"),
     pytest.param(
-        make_csr(["ec.corp.test"]), "rsa-only", BadPublicKey, id="fail/key-type-not-in-profile"
+        make_csr(["ec.corp.test"]), "rsa-only", PolicyDenied, id="fail/key-type-not-in-profile"
     ),
     pytest.param(
         make_csr(["x.corp.test"]), "no-such-profile", UnknownProfile, id="fail/unknown-profile"
     ),
-    pytest.param(make_csr([], cn=None), "server", BadCSR, id="fail/no-names"),
-    pytest.param(make_csr(["UPPER.corp.test"]), "server", BadCSR, id="fail/uppercase-name"),
+    pytest.param(make_csr([], cn=None), "server", PolicyDenied, id="fail/no-names"),
+    pytest.param(make_csr(["UPPER.corp.test"]), "server", PolicyDenied, id="fail/uppercase-name"),
+    pytest.param(_ca_true_csr(), "server", PolicyDenied, id="fail/ca-true-requested"),
 ]
 
 
@@ -163,16 +172,19 @@ def test_bad_input_changes_nothing_and_the_denial_is_audited(ca_env, csr, profil
     verify_chain(auth.db.audit_entries())
 
 
-def test_ca_true_request_is_issued_as_end_entity_without_copying_extensions(ca_env):
-    issued = issue(ca_env.auth, IssuanceRequest(_ca_true_csr(), "server", "t"))
-    bc = issued.certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-    assert bc.ca is False
-    requested = ca_env.auth.db.audit_events("certificate.requested")[-1]
-    assert "basicConstraints" in requested.details["ignored_csr_extensions"]
+def test_ca_true_request_is_refused_naming_the_rule(ca_env):
+    with pytest.raises(PolicyDenied) as exc:
+        issue(ca_env.auth, IssuanceRequest(_ca_true_csr(), "server", "t"))
+    # Every violation at once: CA:true, and the CN-only CSR names no SAN.
+    rules = [v.rule for v in exc.value.violations]
+    assert "extension.ca_requested" in rules and "san.missing" in rules
+    denied = ca_env.auth.db.audit_events("certificate.denied")[-1]
+    assert denied.details["profile_sha256"] == ca_env.auth.profile("server").sha256
+    assert [v["rule"] for v in denied.details["violations"]] == rules
 
 
 def test_validity_beyond_profile_maximum_is_refused(ca_env):
-    with pytest.raises(BadCSR, match="exceeds"):
+    with pytest.raises(PolicyDenied, match="exceeds"):
         issue(
             ca_env.auth,
             IssuanceRequest(make_csr(["long.corp.test"]), "server", "t", validity_days=4000),

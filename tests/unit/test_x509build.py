@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from ca.config import ProfileConfig
 from ca.csr import CsrFacts, check_csr
 from ca.errors import ConfigError
+from ca.policy import Requester, decide
 from ca.profiles import Profile
 from ca.x509build import (
     ANY_POLICY,
@@ -36,7 +37,9 @@ CABF_TLS_POLICY = x509.ObjectIdentifier("2.23.140.1.2.1")
 
 
 def _profile(**overrides: object) -> Profile:
-    return Profile.from_config("server", ProfileConfig(**overrides), "issuing")  # type: ignore[arg-type]
+    settings: dict[str, object] = {"dns_names": ["."], "ip_ranges": ["0.0.0.0/0", "::/0"]}
+    settings.update(overrides)
+    return Profile.from_config("server", ProfileConfig(**settings), "issuing")  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +69,12 @@ def _sign_leaf(
     profile: Profile | None = None,
 ) -> x509.Certificate:
     profile = profile or _profile()
+    decision = decide(facts, profile, Requester.operator("test"), NOW)
+    assert decision.allowed, decision.violations
     not_before, not_after = leaf_validity(profile, NOW, intermediate)
-    builder = build_leaf(facts, profile, intermediate, 1 << 72, not_before, not_after, LEAF_URLS)
+    builder = build_leaf(
+        facts, decision, profile, intermediate, 1 << 72, not_before, not_after, LEAF_URLS
+    )
     return builder.sign(key, hashes.SHA256())
 
 
@@ -77,9 +84,10 @@ def ec_leaf(
 ) -> x509.Certificate:
     csr = make_csr(
         cn="www.example.com",
-        dns=["api.example.com"],
+        dns=["www.example.com", "api.example.com"],
         ips=[ipaddress.ip_address("192.0.2.7")],
-        extensions=[(x509.BasicConstraints(ca=True, path_length=None), True)],
+        # Harmless, and still never copied (a CSR asking for cA=true is refused by the policy).
+        extensions=[(x509.BasicConstraints(ca=False, path_length=None), False)],
     )
     return _sign_leaf(check_csr(csr), intermediate, ec_p256_key)
 
@@ -223,14 +231,14 @@ def test_leaf_is_issued_by_the_intermediate(
     assert _ext(ec_leaf, x509.AuthorityKeyIdentifier).value.key_identifier == _ski(intermediate)
 
 
-def test_leaf_san_lists_the_cn_and_requested_names(ec_leaf: x509.Certificate) -> None:
+def test_leaf_san_lists_the_requested_names(ec_leaf: x509.Certificate) -> None:
     san = _ext(ec_leaf, x509.SubjectAlternativeName)
     assert not san.critical  # the subject is not empty
     assert san.value.get_values_for_type(x509.DNSName) == ["www.example.com", "api.example.com"]
     assert san.value.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("192.0.2.7")]
 
 
-def test_leaf_is_not_a_ca_although_the_csr_asked(ec_leaf: x509.Certificate) -> None:
+def test_leaf_basic_constraints_are_ours_not_the_csrs(ec_leaf: x509.Certificate) -> None:
     ext = _ext(ec_leaf, x509.BasicConstraints)
     assert ext.critical
     assert ext.value.ca is False
@@ -268,7 +276,7 @@ def test_rsa_leaf_key_usage_adds_key_encipherment(
     intermediate: x509.Certificate,
     ec_p256_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    facts = check_csr(make_csr(rsa_2048_key, cn="rsa.example.com"))
+    facts = check_csr(make_csr(rsa_2048_key, cn="rsa.example.com", dns=["rsa.example.com"]))
     cert = _sign_leaf(facts, intermediate, ec_p256_key)
     ku = _ext(cert, x509.KeyUsage).value
     assert ku.digital_signature is True
@@ -286,6 +294,124 @@ def test_leaf_with_empty_subject_has_critical_san(
     san = _ext(cert, x509.SubjectAlternativeName)
     assert san.critical
     assert san.value.get_values_for_type(x509.DNSName) == ["only-san.example.com"]
+
+
+def _csr_der(
+    key: object, subject: list[tuple[x509.ObjectIdentifier, str]], sans: list[x509.GeneralName]
+) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
+    )
+    builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)  # type: ignore[arg-type]
+
+
+def test_leaf_carries_uri_and_email_sans_from_the_decision(
+    intermediate: x509.Certificate, ec_p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    spiffe = "spiffe://corp.internal/ns/pay/sa/api"
+    facts = check_csr(
+        _csr_der(
+            ec_p256_key,
+            [],
+            [x509.UniformResourceIdentifier(spiffe), x509.RFC822Name("ops@corp.internal")],
+        )
+    )
+    profile = _profile(
+        uri_patterns=["spiffe://corp.internal/ns/*/sa/*"], email_patterns=["*@corp.internal"]
+    )
+    cert = _sign_leaf(facts, intermediate, ec_p256_key, profile)
+    san = _ext(cert, x509.SubjectAlternativeName)
+    assert san.critical  # empty subject
+    assert san.value.get_values_for_type(x509.UniformResourceIdentifier) == [spiffe]
+    assert san.value.get_values_for_type(x509.RFC822Name) == ["ops@corp.internal"]
+    assert san.value.get_values_for_type(x509.DNSName) == []
+
+
+def test_leaf_subject_comes_from_the_decision(
+    intermediate: x509.Certificate, ec_p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    subject = [
+        (NameOID.COUNTRY_NAME, "DE"),
+        (NameOID.ORGANIZATION_NAME, "Example GmbH"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "Payments"),
+        (NameOID.COMMON_NAME, "api.example.com"),
+    ]
+    facts = check_csr(_csr_der(ec_p256_key, subject, [x509.DNSName("api.example.com")]))
+    kept = _sign_leaf(
+        facts, intermediate, ec_p256_key, _profile(subject_attributes=["C", "O", "OU", "CN"])
+    )
+    assert kept.subject.rfc4514_string() == "CN=api.example.com,OU=Payments,O=Example GmbH,C=DE"
+    assert not _ext(kept, x509.SubjectAlternativeName).critical
+    dropped = _sign_leaf(
+        facts,
+        intermediate,
+        ec_p256_key,
+        _profile(subject_attributes=["C", "O", "OU"], common_name="drop"),
+    )
+    assert dropped.subject.rfc4514_string() == "OU=Payments,O=Example GmbH,C=DE"
+
+
+def test_leaf_without_cn_when_the_profile_drops_it_has_critical_san(
+    make_csr: MakeCsr, intermediate: x509.Certificate, ec_p256_key: ec.EllipticCurvePrivateKey
+) -> None:
+    facts = check_csr(make_csr(cn="Payments API", dns=["api.example.com"]))
+    cert = _sign_leaf(facts, intermediate, ec_p256_key, _profile(common_name="drop"))
+    assert len(cert.subject) == 0
+    assert _ext(cert, x509.SubjectAlternativeName).critical
+
+
+@pytest.mark.parametrize(
+    ("key_name", "usages", "expected"),
+    [
+        ("ec_p256_key", ["digitalSignature", "keyEncipherment"], {"digital_signature"}),
+        ("rsa_2048_key", ["digitalSignature", "keyEncipherment"],
+         {"digital_signature", "key_encipherment"}),
+        ("rsa_2048_key", ["digitalSignature"], {"digital_signature"}),
+        ("ec_p256_key", ["digitalSignature", "keyAgreement"], {"digital_signature", "key_agreement"}),
+        ("rsa_2048_key", ["digitalSignature", "keyAgreement", "dataEncipherment"],
+         {"digital_signature", "data_encipherment"}),
+        ("ec_p256_key", ["keyAgreement"], {"key_agreement"}),
+        ("rsa_2048_key", ["contentCommitment", "digitalSignature"],
+         {"digital_signature", "content_commitment"}),
+    ],
+    ids=[
+        "ok/ec-default-no-key-encipherment",
+        "ok/rsa-default",
+        "ok/rsa-signature-only",
+        "ok/ec-key-agreement",
+        "ok/rsa-no-key-agreement",
+        "ok/ec-key-agreement-only",
+        "ok/content-commitment",
+    ],
+)  # fmt: skip
+def test_leaf_key_usage_follows_the_profile_and_the_key_algorithm(
+    make_csr: MakeCsr,
+    request: pytest.FixtureRequest,
+    intermediate: x509.Certificate,
+    ec_p256_key: ec.EllipticCurvePrivateKey,
+    key_name: str,
+    usages: list[str],
+    expected: set[str],
+) -> None:
+    facts = check_csr(make_csr(request.getfixturevalue(key_name), cn=None, dns=["k.example.com"]))
+    cert = _sign_leaf(facts, intermediate, ec_p256_key, _profile(key_usage=usages))
+    ku = _ext(cert, x509.KeyUsage)
+    assert ku.critical
+    flags = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+             "key_agreement", "key_cert_sign", "crl_sign")  # fmt: skip
+    assert {f for f in flags if getattr(ku.value, f)} == expected
+
+
+def test_build_leaf_refuses_a_denied_decision(
+    make_csr: MakeCsr, intermediate: x509.Certificate
+) -> None:
+    facts = check_csr(make_csr(cn=None, dns=["a.example.com"]))
+    profile = _profile(dns_names=[".other.example"])
+    decision = decide(facts, profile, Requester.operator("test"), NOW)
+    assert not decision.allowed
+    with pytest.raises(ValueError, match="allowed decision"):
+        build_leaf(facts, decision, profile, intermediate, 1 << 72, NOW, NOW, LEAF_URLS)
 
 
 @pytest.mark.parametrize(
@@ -306,7 +432,8 @@ def test_leaf_eku_and_policies_follow_the_profile(
     eku: list[x509.ObjectIdentifier] | None,
     policies: list[x509.ObjectIdentifier] | None,
 ) -> None:
-    cert = _sign_leaf(check_csr(make_csr()), intermediate, ec_p256_key, _profile(**overrides))
+    facts = check_csr(make_csr(dns=["www.example.com"]))
+    cert = _sign_leaf(facts, intermediate, ec_p256_key, _profile(**overrides))
     if eku is None:
         with pytest.raises(x509.ExtensionNotFound):
             _ext(cert, x509.ExtendedKeyUsage)
@@ -334,7 +461,7 @@ def test_leaf_aki_falls_back_to_the_issuer_public_key_without_ski(
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ec_p256_key, hashes.SHA256())
     )
-    cert = _sign_leaf(check_csr(make_csr()), issuer, ec_p256_key)
+    cert = _sign_leaf(check_csr(make_csr(dns=["www.example.com"])), issuer, ec_p256_key)
     expected = x509.AuthorityKeyIdentifier.from_issuer_public_key(ec_p256_key.public_key())
     assert _ext(cert, x509.AuthorityKeyIdentifier).value.key_identifier == expected.key_identifier
 
@@ -415,6 +542,26 @@ def test_profile_names_its_own_issuer_over_the_default() -> None:
         ({"validity_days": 398}, "profiles.p.validity_days"),
         ({"validity_days": 31, "max_validity_days": 30}, "profiles.p.validity_days"),
         ({"certificate_policies": ["not-an-oid"]}, "profiles.p.certificate_policies"),
+        ({"dns_names": ["Example.com"]}, "profiles.p.dns_names: 'Example.com' must be lowercase"),
+        ({"dns_names": ["*.*.example"]}, "profiles.p.dns_names: '*.*.example'"),
+        ({"dns_names": ["a.*.example"]}, "profiles.p.dns_names"),
+        ({"dns_names": [".."]}, "profiles.p.dns_names"),
+        ({"dns_names": ["xn--a.example"]}, "IDNA 2008"),
+        ({"dns_names": ["bücher.example"]}, "xn--bcher-kva.example"),
+        ({"ip_ranges": ["10.0.0.1/8"]}, "profiles.p.ip_ranges: '10.0.0.1/8'"),
+        ({"ip_ranges": ["10.0.0.0/33"]}, "profiles.p.ip_ranges"),
+        ({"ip_ranges": ["corp.example"]}, "profiles.p.ip_ranges"),
+        ({"uri_patterns": ["corp.internal/ns/*"]}, "profiles.p.uri_patterns"),
+        ({"uri_patterns": ["spiffe://*.corp.internal/x"]}, "only in the path"),
+        ({"uri_patterns": ["spiffe://corp.internal/ns/../*"]}, "'..'"),
+        ({"email_patterns": ["nobody"]}, "profiles.p.email_patterns"),
+        ({"email_patterns": ["*@"]}, "profiles.p.email_patterns"),
+        ({"email_patterns": ["a b@example.com"]}, "profiles.p.email_patterns"),
+        ({"key_usage": ["keyCertSign"]}, "profiles.p.key_usage: unknown or CA-only"),
+        ({"key_usage": ["digitalsignature"]}, "profiles.p.key_usage"),
+        ({"key_usage": []}, "profiles.p.key_usage: a leaf needs"),
+        ({"subject_attributes": ["CN", "cn"]}, "profiles.p.subject_attributes: unknown 'cn'"),
+        ({"subject_attributes": ["2.5.4.x"]}, "profiles.p.subject_attributes"),
     ],
     ids=[
         "fail/unknown-eku",
@@ -424,6 +571,26 @@ def test_profile_names_its_own_issuer_over_the_default() -> None:
         "fail/validity-over-default-max",
         "fail/validity-over-custom-max",
         "fail/bad-policy-oid",
+        "fail/dns-uppercase",
+        "fail/dns-double-wildcard",
+        "fail/dns-inner-wildcard",
+        "fail/dns-empty-labels",
+        "fail/dns-bad-punycode",
+        "fail/dns-u-label",
+        "fail/cidr-host-bits",
+        "fail/cidr-prefix-too-long",
+        "fail/cidr-not-an-ip",
+        "fail/uri-no-scheme",
+        "fail/uri-wildcard-in-host",
+        "fail/uri-dot-segment",
+        "fail/email-no-at",
+        "fail/email-no-domain",
+        "fail/email-space",
+        "fail/key-usage-ca-only",
+        "fail/key-usage-wrong-case",
+        "fail/key-usage-empty",
+        "fail/subject-attribute-wrong-case",
+        "fail/subject-attribute-bad-oid",
     ],
 )
 def test_profile_from_config_refuses_bad_settings(
