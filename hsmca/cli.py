@@ -500,5 +500,8 @@ def serve(c: Ctx, bind: str | None, https_bind: str | None, workers: int | None)
         sys.exit(status)
 
 
+# Command groups defined in their own modules register themselves on import.
+from hsmca import cli_clients  # noqa: E402, F401
+
 if __name__ == "__main__":  # pragma: no cover
     main()

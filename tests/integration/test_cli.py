@@ -264,3 +264,34 @@ def test_intermediate_cannot_be_signed_by_a_pathlen_zero_ca(initialised):
     proc = run(initialised, "ca", "create-intermediate", "sub", "--parent", "issuing")
     assert proc.returncode == 1 and "pathLen 0" in proc.stderr
     assert "sub " not in run(initialised, "ca", "list").stdout
+
+
+def test_client_add_prints_the_token_once_and_list_never_shows_it(initialised):
+    added = run(
+        initialised,
+        "client",
+        "add",
+        "payments",
+        "--role",
+        "enroll,read",
+        "--profile",
+        "server",
+        "--names",
+        "*.payments.internal",
+    )
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip()
+    assert token.startswith("hsmca_") and len(token) == 49
+    assert "shown once" in added.stderr
+    listed = run(initialised, "client", "list")
+    assert "payments" in listed.stdout and "*.payments.internal" in listed.stdout
+    assert token not in listed.stdout + listed.stderr
+    again = run(initialised, "client", "add", "payments", "--role", "enroll")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    bad = run(initialised, "client", "add", "x", "--role", "superuser", "--names", "a..b")
+    assert bad.returncode == 1
+    assert "unknown role 'superuser'" in bad.stderr and "a..b" in bad.stderr
+    disabled = run(initialised, "client", "disable", "payments")
+    assert disabled.returncode == 0
+    assert "disabled" in run(initialised, "client", "list").stdout
+    assert "--role" in run(initialised, "client", "add", "--help").stdout
