@@ -20,7 +20,7 @@ from flask import Flask, Response, jsonify
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
-from web.problems import problem
+from web.problems import problem, problem_of
 from web.surface import Surface, check_surface, restrict_to_plain
 
 
@@ -109,11 +109,11 @@ def create_app(
 
     @app.errorhandler(404)
     def not_found(_exc: Exception) -> Response:
-        return problem(404, "Not Found", "no such resource")
+        return problem_of("notFound", "no such resource")
 
     @app.errorhandler(405)
     def not_allowed(_exc: Exception) -> Response:
-        return problem(405, "Method Not Allowed", "method not allowed on this resource")
+        return problem_of("methodNotAllowed", "method not allowed on this resource")
 
     @app.errorhandler(500)
     def internal(_exc: Exception) -> Response:

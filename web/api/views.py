@@ -20,8 +20,9 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca.authority import Authority, normalize_serial
 from ca.batching import IssuanceQueue
@@ -322,7 +323,7 @@ EnrollInModel = s.EnrollIn
 
 def _parse(model: type[BaseModel], required: bool) -> BaseModel | None:
     """The JSON body as ``model``; problems for a wrong media type or malformed content."""
-    raw = request.get_data(cache=True)  # raises 413 beyond MAX_CONTENT_LENGTH
+    raw = _body()
     if not raw.strip():
         if required:
             raise ApiProblem("malformed", "a JSON body is required")
@@ -334,6 +335,8 @@ def _parse(model: type[BaseModel], required: bool) -> BaseModel | None:
         )
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise ApiProblem("malformed", "the body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiProblem("malformed", f"the body is not valid JSON ({_first_line(exc)})") from None
     if not isinstance(data, dict):
@@ -351,8 +354,28 @@ def _parse(model: type[BaseModel], required: bool) -> BaseModel | None:
         ) from None
 
 
+def _body() -> bytes:
+    """The request body, or a ``tooLarge`` problem beyond ``[api] max_body_bytes``.
+
+    werkzeug raises 413 for a declared Content-Length over the limit, but silently truncates a
+    chunked body at the limit: a body that fills the limit is therefore refused too.
+    """
+    limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise ApiProblem("tooLarge", f"the body is over the limit of {limit} bytes") from None
+    if limit and request.content_length is None and len(raw) >= limit:
+        raise ApiProblem("tooLarge", f"the body is over the limit of {limit} bytes")
+    return raw
+
+
 def _audit_denial(auth: Authority, requester: str, exc: ApiProblem, profile: str = "") -> None:
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raw = b""  # never read: only its declared size is known
+    size = request.content_length if exc.kind == "tooLarge" and request.content_length else len(raw)
     auth.audit(
         requester,
         "certificate.denied",
@@ -361,8 +384,8 @@ def _audit_denial(auth: Authority, requester: str, exc: ApiProblem, profile: str
             "profile": profile,
             "reason": str(exc) or exc.kind,
             "error": exc.kind,
-            "request_bytes": len(raw),
-            "request_sha256": hashlib.sha256(raw).hexdigest(),
+            "request_bytes": size,
+            "request_sha256": hashlib.sha256(raw).hexdigest() if exc.kind != "tooLarge" else None,
         },
     )
 
