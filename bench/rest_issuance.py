@@ -4,7 +4,7 @@
 
 Everything lives in a temporary directory made at run time (a SoftHSM2 token, an SQLite database,
 a root CA and a P-256 issuing CA, an API client) and removed at the end. gunicorn serves
-``web:create_app()`` on 127.0.0.1 with 2 workers x 8 gthread threads (``tests/live.py``), and
+``web:create_app()`` on 127.0.0.1 with ``[server] workers`` x ``threads`` gthread threads (``tests/live.py``; ``--workers``/``--threads``), and
 this process measures, interleaved round by round so that machine noise hits every figure alike:
 
   rest    ``--clients`` threads, each on its own keep-alive HTTP connection, POST pre-generated
@@ -392,6 +392,21 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    from ca.config import ServerConfig
+
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help=f"gunicorn workers (default: [server] workers = {defaults.workers})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help=f"gthread threads per worker (default: [server] threads = {defaults.threads})",
+    )
     parser.add_argument(
         "--seconds", type=float, default=15.0, help="length of one round of one figure (default 15)"
     )
@@ -416,7 +431,7 @@ def main(argv: list[str] | None = None) -> None:
         _say(
             f"  settings      {clients} clients, {rounds} rounds x {seconds:g} s x {len(KINDS)} "
             f"figures (~{rounds * seconds * len(KINDS):.0f} s measuring), {args.pool} CSRs; "
-            "gunicorn 2 workers x 8 gthread threads"
+            f"gunicorn {args.workers} worker(s) x {args.threads} gthread threads"
         )
         _say()
         t0 = time.perf_counter()
@@ -437,7 +452,10 @@ def main(argv: list[str] | None = None) -> None:
 
         t0 = time.perf_counter()
         server = start_server(
-            tmp, workers=2, threads=8, env={"SOFTHSM2_CONF": os.environ["SOFTHSM2_CONF"]}
+            tmp,
+            workers=args.workers,
+            threads=args.threads,
+            env={"SOFTHSM2_CONF": os.environ["SOFTHSM2_CONF"]},
         )
         _say(
             f"gunicorn on 127.0.0.1:{server.port} answered /healthz in {time.perf_counter() - t0:.1f} s"

@@ -8,7 +8,10 @@ neither fork nor gap. The state change and its audit event commit together or no
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,8 +59,12 @@ def make_engine(url: str, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            # IMMEDIATE takes the write lock at BEGIN: no two writers ever read the same chain head.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers: IMMEDIATE takes the write lock at BEGIN, so no two writers ever read the same
+            # chain head. Readers: a deferred BEGIN, which in WAL mode never waits for a writer.
+            if conn.get_execution_options().get("hsmca_write"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=5)
@@ -170,6 +177,58 @@ _COMPLETE_INTENTS = (
 )
 
 
+def _sqlite_path(url: str) -> str | None:
+    path = url.split("sqlite:///", 1)[-1] if "sqlite:///" in url else ""
+    return path if path and path != ":memory:" else None
+
+
+class WriterQueue:
+    """Makes SQLite writers of all processes wait their turn in the kernel, not in busy loops.
+
+    SQLite's busy handler polls with sleeps of 1 to 100 ms, which turns every collision between
+    two worker processes into a latency spike. An exclusive ``flock`` on a file beside the
+    database (plus a thread lock, since flock is per open file) queues writers instead and wakes
+    the next one as soon as the lock is released. PostgreSQL needs none of this.
+    """
+
+    def __init__(self, db_path: str | None) -> None:
+        self.lock_path = f"{db_path}-writer.lock" if db_path else None
+        self._pid = 0
+        self._fd = -1
+        self._thread_lock = threading.Lock()
+
+    _opening = threading.Lock()
+
+    def _lock_for_this_process(self) -> tuple[threading.Lock, int]:
+        if self._pid == os.getpid():
+            return self._thread_lock, self._fd
+        with self._opening:
+            if self._pid != os.getpid():
+                # After a fork the inherited descriptor shares the parent's lock: open a new one,
+                # and a new thread lock (another thread may have held the old one at the fork).
+                self._thread_lock = threading.Lock()
+                self._fd = os.open(self.lock_path or os.devnull, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+        return self._thread_lock, self._fd
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
+        try:
+            thread_lock, fd = self._lock_for_this_process()
+        except OSError:
+            yield  # no lock file possible (read-only directory): SQLite's own locking still holds
+            return
+        with thread_lock:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 class Database:
     """The store of one installation. Safe to share between threads; create one per process."""
 
@@ -177,6 +236,7 @@ class Database:
         self.url = url
         self.engine = make_engine(url, echo)
         self.is_sqlite = url.startswith("sqlite")
+        self._writers = WriterQueue(_sqlite_path(url) if self.is_sqlite else None)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -204,10 +264,14 @@ class Database:
         Database failures (full disk, read-only file, lost server) become :class:`StoreError`.
         """
         try:
-            with self.engine.begin() as conn:
-                if not self.is_sqlite:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY})
-                yield conn
+            with self._writers.hold(), self.engine.connect() as conn:
+                conn.execution_options(hsmca_write=True)
+                with conn.begin():
+                    if not self.is_sqlite:
+                        conn.execute(
+                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY}
+                        )
+                    yield conn
         except IntegrityError as exc:
             raise StoreError(f"database refused the change (constraint: {_short(exc)})") from exc
         except OperationalError as exc:

@@ -37,7 +37,7 @@ def _pin(path: Path, text: str, mode: int = 0o600) -> Path:
 def test_missing_file_gives_the_defaults(tmp_path: Path) -> None:
     config = load_config(tmp_path, environ={})
     assert config.data_dir == tmp_path.resolve()
-    assert config.server.workers == 2
+    assert config.server.workers == 1
     assert config.hsm.token_label == "hsmca"
     assert set(config.profiles) == {"server", "client"}
     assert config.database_url == f"sqlite:///{tmp_path.resolve() / 'hsmca.db'}"
