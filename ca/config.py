@@ -452,17 +452,40 @@ def render_toml(config: AppConfig) -> str:
         "# hsmca configuration. Environment variables HSMCA_<SECTION>_<KEY> override keys.",
         "",
     ]
-    for section in ("server", "database", "hsm", "ca", "api"):
+    models: dict[str, type[BaseModel]] = {
+        "server": ServerConfig,
+        "database": DatabaseConfig,
+        "hsm": HsmConfig,
+        "ca": CaConfig,
+        "api": ApiConfig,
+    }
+    for section, model in models.items():
         lines.append(f"[{section}]")
-        for key, value in data[section].items():
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines += _toml_keys(model, data[section])
         lines.append("")
+    if data["profiles"]:
+        lines += [
+            "# Profiles. Name rules: host.example (exactly), .example (any name below),",
+            "# *.example (one label below), . (any name); ip_ranges are CIDR; uri_patterns use *",
+            "# within one path segment; email_patterns are exact, *@domain or *@.domain.",
+            "",
+        ]
     for name, profile in data["profiles"].items():
         lines.append(f"[profiles.{name}]")
-        for key, value in profile.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines += _toml_keys(ProfileConfig, profile)
         lines.append("")
     return "\n".join(lines)
+
+
+def _toml_keys(model: type[BaseModel], values: dict[str, Any]) -> list[str]:
+    """``key = value`` lines, each after a comment with the field's description if it has one."""
+    out = []
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is not None and field.description:
+            out.append("# " + " ".join(field.description.split()))
+        out.append(f"{key} = {_toml_value(value)}")
+    return out
 
 
 def _toml_value(value: Any) -> str:
