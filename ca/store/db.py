@@ -558,14 +558,27 @@ class Database:
         return bool(result.rowcount)
 
     def requests_in_state(
-        self, state: str, expiring_before: datetime | None = None
+        self,
+        state: str | None,
+        expiring_before: datetime | None = None,
+        requester: str | None = None,
+        limit: int | None = None,
     ) -> list[RequestRow]:
-        query = select(t.EnrollmentRequest).where(t.EnrollmentRequest.state == state)
+        """Requests (oldest first), optionally in one state, of one requester, or expiring."""
+        r = t.EnrollmentRequest
+        query = select(r)
+        if state is not None:
+            query = query.where(r.state == state)
         if expiring_before is not None:
-            query = query.where(t.EnrollmentRequest.expires_at < expiring_before)
+            query = query.where(r.expires_at < expiring_before)
+        if requester is not None:
+            query = query.where(r.requester == requester)
+        query = query.order_by(r.created_at, r.id)
+        if limit is not None:
+            query = query.limit(limit)
         with self.read() as conn:
-            rows = conn.execute(query.order_by(t.EnrollmentRequest.created_at)).all()
-        return [_request_from_row(r) for r in rows]
+            rows = conn.execute(query).all()
+        return [_request_from_row(row) for row in rows]
 
     def count(self, table: type[t.Base]) -> int:
         with self.read() as conn:

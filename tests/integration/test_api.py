@@ -316,3 +316,23 @@ def test_body_limit_and_media_type_are_enforced(api):
     )
     assert broken.status_code == 400
     assert broken.json["type"] == "urn:hsmca:problem:malformed-request"
+
+
+def test_approvers_list_pending_requests_and_requesters_see_only_their_own(api):
+    auth, client = api
+    dev = token_for(auth, "dev", ["enroll"])
+    other = token_for(auth, "other", ["enroll"])
+    approver = token_for(auth, "lead", ["approve"])
+    mine = enroll(client, dev, ["l1.corp.test"], profile="gated").json["id"]
+    theirs = enroll(client, other, ["l2.corp.test"], profile="gated").json["id"]
+    listed = client.get("/api/v1/requests", headers=approver).json["items"]
+    assert [r["id"] for r in listed] == [mine, theirs]
+    own = client.get("/api/v1/requests", headers=dev).json["items"]
+    assert [r["id"] for r in own] == [mine]
+    client.post(f"/api/v1/requests/{mine}/reject", json={"reason": "no"}, headers=approver)
+    assert [r["id"] for r in client.get("/api/v1/requests", headers=approver).json["items"]] == [
+        theirs
+    ]
+    rejected = client.get("/api/v1/requests?state=rejected", headers=approver).json["items"]
+    assert [r["id"] for r in rejected] == [mine]
+    assert client.get("/api/v1/requests?state=bogus", headers=approver).status_code == 400

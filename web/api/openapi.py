@@ -216,6 +216,32 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json(_list_of("CaOut"), "CAs"), **_COMMON},
                 }
             },
+            "/requests": {
+                "get": {
+                    "operationId": "listRequests",
+                    "summary": "Requests kept for approval (approvers see all, requesters their own)",
+                    "parameters": [
+                        _query(
+                            "state",
+                            "default pending",
+                            {
+                                "type": "string",
+                                "enum": ["pending", "approved", "issued", "rejected", "expired"],
+                            },
+                        ),
+                        _query(
+                            "limit",
+                            "at most this many",
+                            {"type": "integer", "minimum": 1, "maximum": 1000},
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(_list_of("RequestOut"), "requests, oldest first"),
+                        "400": _problem("bad filter"),
+                        **_COMMON,
+                    },
+                }
+            },
             "/requests/{request_id}": {
                 "get": {
                     "operationId": "getRequest",

@@ -27,7 +27,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ca.authority import Authority, normalize_serial
 from ca.batching import IssuanceQueue
 from ca.csr import key_type_of
-from ca.enrollment import approve, client_lookup, get_request, reject, submit
+from ca.enrollment import (
+    approve,
+    client_lookup,
+    expire_requests,
+    get_request,
+    reject,
+    submit,
+)
 from ca.errors import CAError, Forbidden, NotFound
 from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.policy import Requester
@@ -56,6 +63,7 @@ _LIST_PARAMS = {
     "cursor",
 }
 _STATUSES = {"issued", "revoked"}
+_REQUEST_STATES = ("pending", "approved", "issued", "rejected", "expired")
 
 
 class ApiProblem(Exception):
@@ -263,6 +271,26 @@ def api_blueprint(
         return _json_raw({"items": out})
 
     # Approvals ------------------------------------------------------------------------------
+
+    @bp.get("/requests")
+    def list_requests() -> Response:
+        auth, requester = who(None, "list requests")
+        unknown = set(request.args) - {"state", "limit"}
+        if unknown:
+            raise ApiProblem(
+                "malformed", f"unknown query parameter(s): {', '.join(sorted(unknown))}"
+            )
+        state = request.args.get("state", "pending")
+        if state not in _REQUEST_STATES:
+            raise ApiProblem("malformed", f"state must be one of {', '.join(_REQUEST_STATES)}")
+        limit = _int_arg("limit", auth.config.api.page_size, 1, 1000)
+        own = None
+        if not (requester.has_role("approve") or requester.has_role("read")):
+            own = requester.name  # a requester sees their own requests only
+        if state == "pending":
+            expire_requests(auth)  # so nobody is shown a request that can no longer be approved
+        rows = auth.db.requests_in_state(state, requester=own, limit=limit)
+        return _json_raw({"items": [_request_out(r).model_dump() for r in rows]})
 
     @bp.get("/requests/<request_id>")
     def show_request(request_id: str) -> Response:
