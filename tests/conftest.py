@@ -3,10 +3,8 @@ and a fully initialised CA (root + issuing intermediate) built by our own ceremo
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,9 +45,6 @@ def pg_cluster() -> Iterator[PgCluster | None]:
     cluster.stop()
 
 
-_db_counter = itertools.count()
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty database: SQLite in tmp_path, or a new database on the test cluster."""
@@ -58,14 +53,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     cluster = request.getfixturevalue("pg_cluster")
     if cluster is None:
         pytest.skip("PostgreSQL not available outside CI")
-    name = f"t{next(_db_counter)}_{uuid.uuid4().hex[:8]}"
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(cluster.url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return cluster.url_for(name)
+    return cluster.create_database("t")
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ tests run as root (PostgreSQL refuses to run as root)."""
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_db_counter = itertools.count()
+
+
 @dataclass
 class PgCluster:
     bindir: Path
@@ -45,6 +50,17 @@ class PgCluster:
 
     def url_for(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, prefix: str = "t") -> str:
+        """A new, empty database on this cluster; returns its URL."""
+        import sqlalchemy as sa
+
+        name = f"{prefix}{next(_db_counter)}_{uuid.uuid4().hex[:8]}"
+        engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return self.url_for(name)
 
     def _cmd(self, *argv: str) -> list[str]:
         if self.run_as:

@@ -9,8 +9,6 @@ gunicorn for a whole test module. A module tunes it by overriding two module-sco
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +21,6 @@ from ca.audit import AuditEntry, verify_chain
 from ca.clients import create_client
 from ca.store import tables as t
 from softhsm import SoftHsmToken
-
-_db_counter = itertools.count()
 
 
 @dataclass
@@ -90,14 +86,7 @@ def live_database_url(
     cluster = request.getfixturevalue("pg_cluster")
     if cluster is None:
         pytest.skip("PostgreSQL not available outside CI")
-    import sqlalchemy as sa
-
-    name = f"live{next(_db_counter)}_{uuid.uuid4().hex[:8]}"
-    engine = sa.create_engine(cluster.url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return str(cluster.url_for(name))
+    return str(cluster.create_database("live"))
 
 
 @pytest.fixture(scope="module")
