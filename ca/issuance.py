@@ -69,6 +69,11 @@ class IssuedCertificate:
     chain: tuple[x509.Certificate, ...]
     profile: str
     issuer: str
+    #: As stored: SANs ("dns:…", "ip:…", …), key type, DER and its SHA-256.
+    sans: tuple[str, ...] = ()
+    key_type: str = ""
+    der: bytes = b""
+    fingerprint_sha256: str = ""
 
     def pem_chain(self) -> bytes:
         """Leaf followed by the intermediates (RFC 8555 ``application/pem-certificate-chain``)."""
@@ -261,7 +266,7 @@ def issue_many(
 
     # Step 4: store the certificates and their audit events; the intents must still be pending.
     stored_at = auth.now()
-    cert_rows = []
+    cert_rows: list[dict[str, Any]] = []
     issued_events = []
     for (_, p), s, cert in zip(prepared, serials, certs, strict=True):
         fp = fingerprint(cert)
@@ -311,8 +316,18 @@ def issue_many(
     if on_step:
         on_step("stored")
 
-    for (i, p), s, cert in zip(prepared, serials, certs, strict=True):
-        results[i] = IssuedCertificate(s, cert, p.issuer.chain, p.profile.name, p.issuer.name)
+    for (i, p), s, cert, row in zip(prepared, serials, certs, cert_rows, strict=True):
+        results[i] = IssuedCertificate(
+            s,
+            cert,
+            p.issuer.chain,
+            p.profile.name,
+            p.issuer.name,
+            sans=tuple(p.decision.san_strings()),
+            key_type=p.facts.key_type,
+            der=row["der"],
+            fingerprint_sha256=row["fingerprint_sha256"],
+        )
     return [r for r in results if r is not None]
 
 

@@ -6,6 +6,7 @@ linters (pkilint) treat our certificates like public ones.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -197,6 +198,7 @@ def build_leaf(
     return builder
 
 
+@functools.lru_cache(maxsize=64)  # the same for every certificate of an issuer
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -205,6 +207,7 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
+@functools.lru_cache(maxsize=64)  # the same for every certificate of an issuer
 def _aia(urls: CaUrls) -> x509.AuthorityInformationAccess:
     return x509.AuthorityInformationAccess(
         [
@@ -219,6 +222,7 @@ def _aia(urls: CaUrls) -> x509.AuthorityInformationAccess:
     )
 
 
+@functools.lru_cache(maxsize=64)  # the same for every certificate of an issuer
 def _cdp(urls: CaUrls) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints(
         [

@@ -26,7 +26,6 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca.authority import Authority, normalize_serial
 from ca.batching import IssuanceQueue
-from ca.csr import key_type_of
 from ca.enrollment import (
     approve,
     client_lookup,
@@ -447,45 +446,27 @@ def _issued_response(
 
 
 def _row_of(issued: IssuedCertificate, req: IssuanceRequest) -> CertificateRow:
+    """The stored row of a certificate just issued, from what issuance already computed."""
     cert = issued.certificate
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = [_san_string(gn) for gn in san]
-    except x509.ExtensionNotFound:
-        sans = []
     metadata = dict(req.metadata or {})
     return CertificateRow(
         serial=issued.serial,
         issuer_id=0,
         issuer_name=issued.issuer,
         subject=cert.subject.rfc4514_string(),
-        sans=sans,
-        key_type=key_type_of(cert.public_key()),
+        sans=list(issued.sans),
+        key_type=issued.key_type,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         profile=issued.profile,
         requester=req.requester,
         status="issued",
-        der=cert.public_bytes(serialization.Encoding.DER),
-        fingerprint_sha256=hashlib.sha256(
-            cert.public_bytes(serialization.Encoding.DER)
-        ).hexdigest(),
+        der=issued.der,
+        fingerprint_sha256=issued.fingerprint_sha256,
         created_at=cert.not_valid_before_utc,
         owner=metadata.get("owner"),
         meta=metadata,
     )
-
-
-def _san_string(gn: x509.GeneralName) -> str:
-    if isinstance(gn, x509.DNSName):
-        return f"dns:{gn.value}"
-    if isinstance(gn, x509.IPAddress):
-        return f"ip:{gn.value}"
-    if isinstance(gn, x509.UniformResourceIdentifier):
-        return f"uri:{gn.value}"
-    if isinstance(gn, x509.RFC822Name):
-        return f"email:{gn.value}"
-    return str(gn.value)
 
 
 def _certificate_out(
