@@ -304,6 +304,52 @@ class ApiConfig(_Section):
     batch_max: int = Field(32, ge=1, le=256)
 
 
+class CrlConfig(_Section):
+    """``[crl]``: CRL publication (defaults within the CA/Browser Forum limits)."""
+
+    shards: int = Field(
+        1, ge=1, le=1024, description="CRL partitions per CA (by serial); 1: one CRL per CA"
+    )
+    validity_hours: int = Field(
+        168, ge=1, le=240, description="nextUpdate = thisUpdate + this (BR: at most 10 days)"
+    )
+    refresh_hours: int = Field(
+        24, ge=1, le=168, description="a new CRL at least this often (BR: at least every 7 days)"
+    )
+    revocation_delay_seconds: int = Field(
+        30, ge=0, le=3600, description="after a revocation, a new CRL within this (debounced)"
+    )
+
+
+class OcspConfig(_Section):
+    """``[ocsp]``: the OCSP responder and its pre-signed responses."""
+
+    response_validity_hours: int = Field(
+        96, ge=1, le=240, description="nextUpdate = thisUpdate + this (BR: at most 10 days)"
+    )
+    refresh_hours: int = Field(
+        24, ge=1, le=120, description="responses are re-signed when older than this"
+    )
+    responder_key: str = Field("ec:P-256", description="key type of the delegated responders")
+    responder_validity_days: int = Field(
+        60, ge=2, le=365, description="lifetime of a delegated responder certificate"
+    )
+    responder_renew_days: int = Field(
+        20, ge=1, le=180, description="renew a responder certificate this long before it expires"
+    )
+    unknown_status: Literal["unknown", "unauthorized"] = Field(
+        "unknown", description="answer for serials this CA never issued"
+    )
+    nonce: Literal["accept", "ignore"] = Field(
+        "accept", description="accept: echo valid nonces (signed on the fly); ignore: RFC 5019"
+    )
+    nonce_rate_per_second: float = Field(
+        50.0, gt=0, le=100000, description="on-the-fly signatures per second per worker"
+    )
+    max_request_bytes: int = Field(8192, ge=512, le=65536)
+    max_serials_per_request: int = Field(16, ge=1, le=1000)
+
+
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
@@ -313,6 +359,8 @@ class AppConfig(_Section):
     hsm: HsmConfig = Field(default_factory=HsmConfig)
     ca: CaConfig = Field(default_factory=CaConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
+    crl: CrlConfig = Field(default_factory=CrlConfig)
+    ocsp: OcspConfig = Field(default_factory=OcspConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -374,6 +422,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("hsm", HsmConfig),
             ("ca", CaConfig),
             ("api", ApiConfig),
+            ("crl", CrlConfig),
+            ("ocsp", OcspConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -458,6 +508,8 @@ def render_toml(config: AppConfig) -> str:
         "hsm": HsmConfig,
         "ca": CaConfig,
         "api": ApiConfig,
+        "crl": CrlConfig,
+        "ocsp": OcspConfig,
     }
     for section, model in models.items():
         lines.append(f"[{section}]")

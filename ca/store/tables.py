@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -108,7 +109,9 @@ class Certificate(Base):
     fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
-    revocation_reason: Mapped[int | None] = mapped_column(Integer)
+    revocation_reason: Mapped[int | None] = mapped_column(Integer)  # RFC 5280 CRLReason code
+    # The partition of the issuer's CRL this certificate's CDP names (fixed at issuance).
+    crl_shard: Mapped[int] = mapped_column(Integer, default=0)
     # What the requester said about the certificate (owner, team, contact, service, ...).
     owner: Mapped[str | None] = mapped_column(String(128), index=True)
     meta: Mapped[str | None] = mapped_column(Text)  # JSON object
@@ -175,3 +178,56 @@ class AuditEvent(Base):
 
 
 Index("ix_certificates_issuer_status", Certificate.issuer_id, Certificate.status)
+
+
+class CrlRecord(Base):
+    """A CRL as published: one row per (CA, shard, CRL number); the newest number is current."""
+
+    __tablename__ = "crls"
+    __table_args__ = (UniqueConstraint("issuer_id", "shard", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    shard: Mapped[int] = mapped_column(Integer)
+    number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_update: Mapped[datetime] = mapped_column(UtcDateTime)
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OcspResponder(Base):
+    """A delegated OCSP responder of an issuing CA: its certificate and where its HSM key lives."""
+
+    __tablename__ = "ocsp_responders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"), index=True)
+    serial: Mapped[str] = mapped_column(String(64), unique=True)
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_token: Mapped[str] = mapped_column(String(64))
+    key_label: Mapped[str] = mapped_column(String(128))
+    key_id: Mapped[str] = mapped_column(String(64))
+    key_type: Mapped[str] = mapped_column(String(16))
+    not_before: Mapped[datetime] = mapped_column(UtcDateTime)
+    not_after: Mapped[datetime] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class OcspResponse(Base):
+    """The current pre-signed OCSP response for one certificate (replaced when re-signed)."""
+
+    __tablename__ = "ocsp_responses"
+    __table_args__ = (UniqueConstraint("issuer_id", "serial"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issuer_id: Mapped[int] = mapped_column(ForeignKey("certificate_authorities.id"))
+    serial: Mapped[str] = mapped_column(String(64))
+    cert_status: Mapped[str] = mapped_column(String(8))  # good | revoked
+    this_update: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_update: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    produced_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
