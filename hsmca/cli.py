@@ -452,14 +452,22 @@ def db_upgrade(c: Ctx) -> None:
     help='HTTPS host:port (default: [server] https_bind, 127.0.0.1:8443); "" for none.',
 )
 @click.option("--workers", type=int, default=None, help="gunicorn worker processes per listener.")
+@click.option(
+    "--no-scheduler",
+    is_flag=True,
+    help="Do not start the scheduler beside the servers (run 'hsmca scheduler run' elsewhere).",
+)
 @pass_ctx
 @handle_errors
-def serve(c: Ctx, bind: str | None, https_bind: str | None, workers: int | None) -> None:
+def serve(
+    c: Ctx, bind: str | None, https_bind: str | None, workers: int | None, no_scheduler: bool
+) -> None:
     """Run the CA's servers: HTTPS (API) and plain HTTP (CA certificates, OCSP, CRLs).
 
-    Two gunicorn arbiters: HTTPS in the foreground, plain HTTP in a child process; SIGTERM or
-    SIGINT stops both. The HTTPS certificate is renewed first if it is missing, expires within
-    [server] tls_renew_days, or no longer matches tls_hostnames.
+    Two gunicorn arbiters: HTTPS in the foreground, plain HTTP in a child process, and the
+    scheduler (CRLs, OCSP, recovery, expiries) in another; SIGTERM or SIGINT stops them all.
+    The HTTPS certificate is renewed first if it is missing, expires within [server]
+    tls_renew_days, or no longer matches tls_hostnames.
     """
     from ca.issuance import recover_intents
     from hsmca.server import listeners, run_servers
@@ -487,21 +495,28 @@ def serve(c: Ctx, bind: str | None, https_bind: str | None, workers: int | None)
         checked = subprocess.run([sys.executable, "-m", "hsmca.server", "tls"], check=False)
         if checked.returncode != 0:
             sys.exit(1)  # the child printed the reason
-    status = run_servers(
-        plain_bind,
-        tls_bind,
-        n_workers,
-        cfg.server.threads,
-        cfg.server.timeout_seconds,
-        cfg.path(cfg.server.tls_cert_file),
-        cfg.path(cfg.server.tls_key_file),
-    )
+    from hsmca.scheduler import start_child
+
+    scheduler = None if no_scheduler else start_child()
+    try:
+        status = run_servers(
+            plain_bind,
+            tls_bind,
+            n_workers,
+            cfg.server.threads,
+            cfg.server.timeout_seconds,
+            cfg.path(cfg.server.tls_cert_file),
+            cfg.path(cfg.server.tls_key_file),
+        )
+    finally:
+        if scheduler is not None:
+            scheduler.stop()
     if status:
         sys.exit(status)
 
 
 # Command groups defined in their own modules register themselves on import.
-from hsmca import cli_clients  # noqa: E402, F401
+from hsmca import cli_clients, cli_scheduler  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

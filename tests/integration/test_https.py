@@ -152,8 +152,9 @@ class Server:
         return below
 
     def workers_up(self) -> set[int]:
-        """Wait for 2 HTTPS workers, the plain arbiter and its 2 workers; returns their pids."""
-        wait_until(lambda: len(self.processes()) == 5, 30, "all workers")
+        """Wait for 2 HTTPS workers, the plain arbiter and its 2 workers, and the scheduler;
+        returns their pids."""
+        wait_until(lambda: len(self.processes()) == 6, 30, "all workers")
         return self.processes()
 
     @property
@@ -568,3 +569,14 @@ def test_server_section_normalises_names_and_accepts_ip_listeners():
     )
     assert cfg.tls_hostnames == ["pki.corp.test", "fe80::1"]
     assert ServerConfig(https_bind="").https_bind == ""  # HTTPS off
+
+
+@pytest.mark.hsm
+def test_serve_runs_the_scheduler_and_stops_it_with_the_servers(launch):
+    srv = launch()
+    below = srv.workers_up()
+    scheduler = [p for p in below if "hsmca.scheduler" in _cmdline(p)]
+    assert len(scheduler) == 1
+    wait_until(lambda: "scheduler active" in srv.log.read_text(), 30, "the scheduler to start")
+    assert srv.stop() == 0
+    wait_until(lambda: not alive(scheduler[0]), 10, "the scheduler to stop")

@@ -1,0 +1,242 @@
+"""Scheduled work: each job is a ``run_once(auth, now)`` of the core, run by APScheduler here.
+
+Only one scheduler is active per installation, whatever the number of nodes: it first takes the
+scheduler lock (``flock`` on a file beside the SQLite database; a session-level advisory lock on
+PostgreSQL) and waits as a standby until it gets it. Jobs never run inside gunicorn workers.
+
+``python -m hsmca.scheduler`` is what ``hsmca serve`` starts beside gunicorn; ``hsmca scheduler
+run`` runs it in the foreground and ``hsmca scheduler run-once`` runs every job once (cron, tests).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from ca.authority import Authority
+from ca.config import AppConfig, load_config
+from ca.errors import CAError
+
+log = logging.getLogger("hsmca.scheduler")
+
+_LOCK_KEY = 0x6873_6D63_6101  # "hsmca" + 1: the PostgreSQL advisory lock of the scheduler
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job: its name, how often it runs, and the core function it calls."""
+
+    name: str
+    every: timedelta
+    run: Callable[[Authority, datetime], object]
+
+
+def _recover_intents(auth: Authority, now: datetime) -> object:
+    from ca.issuance import recover_intents
+
+    return recover_intents(auth, older_than=timedelta(seconds=60))
+
+
+def _expire_requests(auth: Authority, now: datetime) -> object:
+    from ca.enrollment import expire_requests
+
+    return expire_requests(auth, now)
+
+
+def jobs(config: AppConfig) -> list[Job]:
+    """Every scheduled job of an installation."""
+    return [
+        Job("recover-intents", timedelta(seconds=60), _recover_intents),
+        Job("expire-requests", timedelta(seconds=60), _expire_requests),
+    ]
+
+
+def run_job(auth: Authority, job: Job) -> bool:
+    """Run one job now; failures are logged, never raised (the next run tries again)."""
+    started = time.monotonic()
+    try:
+        result = job.run(auth, auth.now())
+    except CAError as exc:
+        log.warning("job %s failed: %s: %s", job.name, exc.kind, exc)
+        return False
+    except Exception:
+        log.exception("job %s failed", job.name)
+        return False
+    took = time.monotonic() - started
+    if isinstance(result, (list, tuple, set, dict)) and result:
+        log.info("job %s: %d item(s) in %.2f s", job.name, len(result), took)
+    return True
+
+
+def run_all_once(auth: Authority, names: Sequence[str] = ()) -> dict[str, bool]:
+    """Run every job (or those named) once, in order; returns job name → success."""
+    chosen = [j for j in jobs(auth.config) if not names or j.name in names]
+    return {job.name: run_job(auth, job) for job in chosen}
+
+
+class SchedulerLock:
+    """The single-active-scheduler lock (see the module docstring)."""
+
+    def __init__(self, auth: Authority) -> None:
+        self.auth = auth
+        self._fd: int | None = None
+        self._conn: Any = None
+
+    def try_acquire(self) -> bool:
+        if self.auth.db.is_sqlite:
+            path = self.auth.config.data_dir / "scheduler.lock"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            self._fd = fd
+            return True
+        conn = self.auth.db.engine.connect()
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+        conn.commit()
+        if got:
+            self._conn = conn  # the lock lives as long as this session
+            return True
+        conn.close()
+        return False
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._conn is not None:
+            # Pooled connections outlive close(): end the session so the lock goes with it.
+            self._conn.invalidate()
+            self._conn.close()
+            self._conn = None
+
+
+@contextmanager
+def _signals_stop(stop: threading.Event) -> Iterator[None]:
+    def handler(_signo: int, _frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run(config: AppConfig, stop: threading.Event, standby_poll_seconds: float = 15.0) -> int:
+    """Take the scheduler lock (waiting as a standby), then run the jobs until ``stop`` is set."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    auth = Authority.from_config(config)
+    lock = SchedulerLock(auth)
+    announced = False
+    while not lock.try_acquire():
+        if not announced:
+            log.info("another scheduler is active; standing by")
+            announced = True
+        if stop.wait(standby_poll_seconds):
+            return 0
+    log.info("scheduler active: %s", ", ".join(j.name for j in jobs(config)))
+    scheduler = BackgroundScheduler(timezone="UTC")
+    for job in jobs(config):
+        scheduler.add_job(
+            run_job,
+            IntervalTrigger(seconds=job.every.total_seconds()),
+            args=(auth, job),
+            id=job.name,
+            coalesce=True,
+            max_instances=1,
+            next_run_time=datetime.now().astimezone(),  # once at start, then on the interval
+        )
+    scheduler.start()
+    try:
+        stop.wait()
+    finally:
+        scheduler.shutdown(wait=True)
+        lock.release()
+        auth.db.dispose()
+    return 0
+
+
+def _exit_when_stdin_closes(stop: threading.Event) -> None:
+    """Under ``hsmca serve`` stdin is a pipe from the parent: EOF means the parent is gone."""
+
+    def watch() -> None:
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+@dataclass
+class SchedulerChild:
+    """The scheduler process ``hsmca serve`` runs beside gunicorn."""
+
+    process: subprocess.Popen[bytes]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+
+
+def start_child() -> SchedulerChild:
+    """Start ``python -m hsmca.scheduler`` (configuration from HSMCA_HOME, as the servers)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hsmca.scheduler", "--parent-pipe"],
+        stdin=subprocess.PIPE,  # never written: its EOF tells the child this process is gone
+        process_group=0,  # ^C reaches hsmca serve, which stops the scheduler in order
+    )
+    return SchedulerChild(process)
+
+
+def main() -> int:
+    """``python -m hsmca.scheduler`` (started by ``hsmca serve``; configuration from HSMCA_HOME)."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s scheduler %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    stop = threading.Event()
+    if "--parent-pipe" in sys.argv:
+        _exit_when_stdin_closes(stop)
+    try:
+        config = load_config(Path(os.environ.get("HSMCA_HOME", ".")))
+    except CAError as exc:
+        print(f"hsmca: error: {exc}", file=sys.stderr)
+        return 1
+    with _signals_stop(stop):
+        return run(config, stop)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
