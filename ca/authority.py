@@ -89,7 +89,9 @@ class Authority:
         return self.clock.now()
 
     def urls_for(self, issuer_name: str) -> CaUrls:
-        return CaUrls.for_issuer(self.config.server.public_base_url, issuer_name)
+        # The root's CRL (of CA certificates, often signed offline) is never partitioned.
+        shards = 1 if issuer_name == self.config.ca.root_name else self.config.crl.shards
+        return CaUrls.for_issuer(self.config.server.public_base_url, issuer_name, shards)
 
     def issuer(self, name: str) -> LoadedIssuer:
         """The CA ``name`` with its key loaded from the HSM and checked against its certificate."""

@@ -319,6 +319,13 @@ class CrlConfig(_Section):
     revocation_delay_seconds: int = Field(
         30, ge=0, le=3600, description="after a revocation, a new CRL within this (debounced)"
     )
+    root_validity_days: int = Field(
+        30,
+        ge=1,
+        le=365,
+        description="nextUpdate of the root's CRL (of CA certificates, signed on demand when the "
+        "root token is offline: hsmca crl generate --ca ROOT); BR: at most 12 months",
+    )
 
 
 class OcspConfig(_Section):

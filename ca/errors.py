@@ -40,6 +40,12 @@ class NotFound(CAError):
     kind = "notFound"
 
 
+class BadRequest(CAError):
+    """The request is malformed or asks for something undefined (e.g. an unknown reason code)."""
+
+    kind = "malformed"
+
+
 class Conflict(CAError):
     """The request conflicts with existing state (e.g. a CA name already taken)."""
 

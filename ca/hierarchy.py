@@ -216,6 +216,7 @@ def _create(
                         "der": der,
                         "fingerprint_sha256": fp,
                         "created_at": stored_at,
+                        "crl_shard": auth.urls_for(issuer_name).crl_shard(serial),
                     }
                 ],
             )

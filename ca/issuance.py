@@ -32,11 +32,13 @@ from ca.errors import (
     HsmKeyNotFound,
     HsmUnavailable,
     KeyMismatch,
+    NotFound,
     PolicyDenied,
     StoreError,
 )
 from ca.policy import Decision, Requester, decide, name_constraints_of, violations_text
 from ca.profiles import Profile
+from ca.store.crls import inactive_cas
 from ca.x509build import build_leaf, leaf_validity
 
 #: Called with the name of each step reached ("intent", "signed", "stored"): crash tests hook here.
@@ -184,6 +186,7 @@ def issue_many(
         except CAError as exc:
             _deny(auth, req, exc)
             results[i] = exc
+    prepared = _drop_inactive_issuers(auth, prepared, results)
     if not prepared:
         return [r for r in results if r is not None]
 
@@ -285,6 +288,7 @@ def issue_many(
                 "der": cert.public_bytes(serialization.Encoding.DER),
                 "fingerprint_sha256": fp,
                 "created_at": stored_at,
+                "crl_shard": p.issuer.urls.crl_shard(int(s, 16)),
                 "owner": (p.request.metadata or {}).get("owner"),
                 "meta": json.dumps(dict(p.request.metadata or {}), sort_keys=True),
             }
@@ -329,6 +333,35 @@ def issue_many(
             fingerprint_sha256=row["fingerprint_sha256"],
         )
     return [r for r in results if r is not None]
+
+
+def _drop_inactive_issuers(
+    auth: Authority,
+    prepared: list[tuple[int, _Prepared]],
+    results: list[IssuedCertificate | CAError | None],
+) -> list[tuple[int, _Prepared]]:
+    """Deny the requests whose issuer was revoked since this process loaded it.
+
+    ``Authority.issuer`` refuses a CA that is not active, but another process (``hsmca ca
+    revoke``) may revoke a CA this one has cached: the statuses are read again at most once a
+    second, so such a CA stops issuing everywhere within a second.
+    """
+    if not prepared:
+        return prepared
+    inactive = inactive_cas(auth.db, {p.issuer.row.id for _, p in prepared}, max_age=1.0)
+    if not inactive:
+        return prepared
+    auth.forget_issuers()
+    kept = []
+    for i, p in prepared:
+        status = inactive.get(p.issuer.row.id)
+        if status is None:
+            kept.append((i, p))
+            continue
+        error = NotFound(f"CA {p.issuer.name!r} is {status}")
+        _deny(auth, p.request, error)
+        results[i] = error
+    return kept
 
 
 class _IntentGone(StoreError):

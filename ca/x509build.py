@@ -28,16 +28,29 @@ class CaUrls:
 
     ca_issuers: str  # the issuer's certificate (DER)
     ocsp: str
-    crl: str
+    crl: str  # the CA's CRL, ``BASE/crl/NAME.crl`` (partitioned: see crl_url)
+    #: Partitions of the CA's CRL ([crl] shards): a certificate's CDP names its partition's CRL.
+    crl_shards: int = 1
 
     @classmethod
-    def for_issuer(cls, public_base_url: str, issuer_name: str) -> CaUrls:
+    def for_issuer(cls, public_base_url: str, issuer_name: str, crl_shards: int = 1) -> CaUrls:
         base = public_base_url.rstrip("/")
         return cls(
             ca_issuers=f"{base}/ca/{issuer_name}.crt",
             ocsp=f"{base}/ocsp",
             crl=f"{base}/crl/{issuer_name}.crl",
+            crl_shards=crl_shards,
         )
+
+    def crl_shard(self, serial: int) -> int:
+        """The CRL partition of the certificate with ``serial`` (fixed at issuance)."""
+        return serial % self.crl_shards
+
+    def crl_url(self, shard: int) -> str:
+        """The CRL of one partition: ``BASE/crl/NAME.crl`` if there is one, else ``BASE/crl/NAME/SHARD.crl``."""
+        if self.crl_shards == 1:
+            return self.crl
+        return f"{self.crl.removesuffix('.crl')}/{shard}.crl"
 
 
 def ca_subject(common_name: str, organization: str, country: str = "") -> x509.Name:
@@ -110,7 +123,7 @@ def build_intermediate(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer), critical=False)
         .add_extension(_aia(urls), critical=False)
-        .add_extension(_cdp(urls), critical=False)
+        .add_extension(_cdp(urls.crl_url(urls.crl_shard(serial))), critical=False)
         .add_extension(
             x509.CertificatePolicies([x509.PolicyInformation(ANY_POLICY, None)]), critical=False
         )
@@ -162,7 +175,7 @@ def build_leaf(
         .not_valid_after(not_after)
         .add_extension(_aki(issuer), critical=False)
         .add_extension(_aia(urls), critical=False)
-        .add_extension(_cdp(urls), critical=False)
+        .add_extension(_cdp(urls.crl_url(urls.crl_shard(serial))), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -222,12 +235,12 @@ def _aia(urls: CaUrls) -> x509.AuthorityInformationAccess:
     )
 
 
-@functools.lru_cache(maxsize=64)  # the same for every certificate of an issuer
-def _cdp(urls: CaUrls) -> x509.CRLDistributionPoints:
+@functools.lru_cache(maxsize=4096)  # the same for every certificate of an issuer's partition
+def _cdp(url: str) -> x509.CRLDistributionPoints:
     return x509.CRLDistributionPoints(
         [
             x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(urls.crl)],
+                full_name=[x509.UniformResourceIdentifier(url)],
                 relative_name=None,
                 reasons=None,
                 crl_issuer=None,

@@ -169,6 +169,17 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
         auth, cfg.ca.intermediate_name, common_name=cfg.ca.intermediate_common_name, actor=_actor()
     )
     click.echo(f"issuing CA {inter.name!r}: {inter.certificate.subject.rfc4514_string()}")
+    from crl.publisher import publish  # the first CRLs, so that a fresh install serves them
+
+    for name in (root.name, inter.name):
+        for published in publish(auth, name, actor=_actor()):
+            click.echo(f"crl: published {published.url} (number {published.number})")
+    from ocsp import set_up as set_up_ocsp  # responders + pre-signed responses: OCSP answers now
+
+    ocsp_done = set_up_ocsp(auth, actor=_actor())
+    for ca_name, serial in ocsp_done.responders.created.items():
+        click.echo(f"ocsp: responder for CA {ca_name!r} (serial {serial})")
+    click.echo(f"ocsp: {ocsp_done.presigned.signed} response(s) pre-signed")
     if cfg.server.https_bind:
         try:
             issued = write_tls_certificate(auth, cfg)
@@ -516,7 +527,7 @@ def serve(
 
 
 # Command groups defined in their own modules register themselves on import.
-from hsmca import cli_clients, cli_scheduler  # noqa: E402, F401
+from hsmca import cli_clients, cli_revocation, cli_scheduler  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

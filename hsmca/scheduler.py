@@ -57,11 +57,37 @@ def _expire_requests(auth: Authority, now: datetime) -> object:
     return expire_requests(auth, now)
 
 
+def _publish_crls(auth: Authority, now: datetime) -> object:
+    from crl.publisher import run_once
+
+    return run_once(auth, now)
+
+
+def _ocsp_responders(auth: Authority, now: datetime) -> object:
+    from ocsp.responders import run_once
+
+    return run_once(auth, now)
+
+
+def _ocsp_presign(auth: Authority, now: datetime) -> object:
+    from ocsp.presign import run_once
+
+    return run_once(auth, now)
+
+
 def jobs(config: AppConfig) -> list[Job]:
-    """Every scheduled job of an installation."""
+    """Every scheduled job of an installation.
+
+    The CRL job runs often but publishes only what is due (missing, old, or a revocation
+    older than ``[crl] revocation_delay_seconds``), so its interval bounds that delay.
+    """
+    crl_every = max(5, min(60, config.crl.revocation_delay_seconds // 2 or 5))
     return [
         Job("recover-intents", timedelta(seconds=60), _recover_intents),
         Job("expire-requests", timedelta(seconds=60), _expire_requests),
+        Job("ocsp-responders", timedelta(hours=1), _ocsp_responders),
+        Job("ocsp-presign", timedelta(minutes=5), _ocsp_presign),
+        Job("publish-crls", timedelta(seconds=crl_every), _publish_crls),
     ]
 
 

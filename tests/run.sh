@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run the whole hsmca test suite on a fresh Debian machine (as root, or with sudo).
-# Installs the apt packages the tests use (SoftHSM2, OpenSC, OpenSSL, PostgreSQL 15), makes a
+# Installs the apt packages the tests use (SoftHSM2, OpenSC, OpenSSL, PostgreSQL 15, nginx), makes a
 # virtualenv in .venv, installs hsmca with its test extras, then runs lint, types and pytest.
 # The tests start their own throwaway PostgreSQL cluster and SoftHSM token and remove them after.
 set -euo pipefail
@@ -12,6 +12,8 @@ need=()
 for pkg in softhsm2 opensc openssl postgresql python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
+# nginx staples our OCSP responses in tests/interop/test_nginx_stapling.py (any nginx build will do).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "== apt: installing ${need[*]}"
   $SUDO apt-get update -qq

@@ -20,6 +20,8 @@ from flask import Flask, Response, jsonify
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
+from web.crl import crl_blueprint
+from web.ocsp import install as install_ocsp
 from web.problems import problem, problem_of
 from web.surface import Surface, check_surface, restrict_to_plain
 
@@ -49,7 +51,9 @@ def create_app(
             return current
 
     app.extensions["hsmca.authority"] = authority
+    install_ocsp(app)  # POST /ocsp, GET /ocsp/{base64}: WSGI in front of Flask (web/ocsp.py)
     _register_api(app, authority, state, lock)
+    app.register_blueprint(crl_blueprint(authority))  # /crl/NAME.crl, /crl/NAME/SHARD.crl
     if check_surface(surface) == "plain":
         restrict_to_plain(
             app, lambda: config or load_config(Path(os.environ.get("HSMCA_HOME", ".")))
@@ -141,6 +145,7 @@ def _register_api(
 
     from ca.batching import IssuanceQueue
     from web.api import api_blueprint
+    from web.hooks import after_revoke_hooks
     from web.problems import problem_of
 
     def queue() -> IssuanceQueue:
@@ -163,7 +168,7 @@ def _register_api(
             "max_body", body_limit()
         )
 
-    app.register_blueprint(api_blueprint(authority, queue))
+    app.register_blueprint(api_blueprint(authority, queue, after_revoke_hooks()))
     by_status = {
         400: "malformed",
         401: "unauthorized",

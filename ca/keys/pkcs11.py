@@ -81,6 +81,13 @@ _RSA_MECHANISMS = {
 _lib_lock = threading.Lock()
 _libs: dict[str, tuple[int, Any]] = {}
 
+# NOTE: python-pkcs11 calls C_Initialize(NULL) and releases the GIL around every PKCS#11 call. With
+# NULL init args the application promises never to call the library from two threads at once, and
+# SoftHSM2 then runs without mutexes: two threads signing at the same moment corrupt its session
+# state (CKR_GENERAL_ERROR, invalid handles, segfaults). So every use of the library in this process
+# goes through this lock. One signature takes tens of microseconds, so the lock costs little.
+_call_lock = threading.RLock()
+
 
 def _open_library(module: str) -> Any:
     """The PKCS#11 library at ``module`` for this process (initialised after any fork)."""
@@ -279,7 +286,7 @@ class TokenSessions:
 
     def reset(self) -> None:
         """Forget all sessions; the next call re-opens them (and logs in again)."""
-        with self._lock:
+        with _call_lock, self._lock:
             self._forget_locked()
 
     @contextmanager
@@ -317,7 +324,14 @@ class TokenSessions:
                     self._close_quietly(session)
 
     def run(self, operation: Callable[[Any], T]) -> T:
-        """Run ``operation(session)``; on a lost session, re-open once and retry; else HsmUnavailable."""
+        """Run ``operation(session)``; on a lost session, re-open once and retry; else HsmUnavailable.
+
+        Operations of all threads of the process are serialised (see ``_call_lock``).
+        """
+        with _call_lock:
+            return self._run_locked(operation)
+
+    def _run_locked(self, operation: Callable[[Any], T]) -> T:
         for attempt in (1, 2):
             try:
                 with self.session() as session:

@@ -91,6 +91,8 @@ class CertificateRow:
     id: int = 0
     owner: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    revoked_at: datetime | None = None
+    revocation_reason: int | None = None  # RFC 5280 CRLReason code
 
 
 @dataclass(frozen=True)
@@ -625,6 +627,8 @@ def _cert_from_row(row: Any) -> CertificateRow:
         id=m.get("id", 0),
         owner=m.get("owner"),
         meta=json.loads(m["meta"]) if m.get("meta") else {},
+        revoked_at=m.get("revoked_at"),
+        revocation_reason=m.get("revocation_reason"),
         serial=cert.serial,
         issuer_id=cert.issuer_id,
         issuer_name=row.issuer_name,

@@ -532,7 +532,7 @@ def test_the_plain_surface_serves_only_what_rfc_5280_clients_fetch(sqlite_ca_env
     assert client.get("/ca/issuing.crt").mimetype == "application/pkix-cert"
     assert client.get("/healthz").status_code == 200
     assert client.get("/ca/none.crt").status_code == 404
-    assert client.get("/crl/issuing.crl").status_code == 404  # allowed, not built yet
+    assert client.get("/crl/issuing.crl").status_code == 503  # allowed; none published yet
     for path in ("/api/v1/certificates", "/acme/new-order", "/ui/", "/apix", "/.well-known/x"):
         resp = client.post(path, headers={"Host": "pki.corp.test:8080"})
         assert resp.status_code == 403 and resp.mimetype == "application/problem+json", path

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from flask import Blueprint, Response, jsonify
 
 from ca.authority import Authority
 from ca.batching import IssuanceQueue
+from ca.revocation import AfterRevoke
 from web.api.openapi import openapi_document
 from web.api.views import api_blueprint as _views
 
 
 def api_blueprint(
-    authority: Callable[[], Authority], queue: Callable[[], IssuanceQueue]
+    authority: Callable[[], Authority],
+    queue: Callable[[], IssuanceQueue],
+    after_revoke: Sequence[AfterRevoke] = (),
 ) -> Blueprint:
-    """The blueprint with every endpoint, plus the unauthenticated OpenAPI document."""
-    bp = _views(authority, queue)
+    """The blueprint with every endpoint, plus the unauthenticated OpenAPI document.
+
+    ``after_revoke``: hooks run after each revocation commits (see ``web/hooks.py``).
+    """
+    bp = _views(authority, queue, after_revoke)
 
     @bp.get("/openapi.json")
     def openapi() -> Response:

@@ -11,6 +11,7 @@ from web.api import schemas as s
 
 _MODELS: list[type[BaseModel]] = [
     s.EnrollIn,
+    s.RevokeIn,
     s.ApproveIn,
     s.RejectIn,
     s.CertificateOut,
@@ -92,6 +93,9 @@ def openapi_document() -> dict[str, Any]:
     enroll_schema = s.EnrollIn.model_json_schema(ref_template=_REF, mode="validation")
     enroll_schema.pop("$defs", None)
     schemas["EnrollIn"] = enroll_schema
+    revoke_schema = s.RevokeIn.model_json_schema(ref_template=_REF, mode="validation")
+    revoke_schema.pop("$defs", None)
+    schemas["RevokeIn"] = revoke_schema
     cert_ok = {
         "description": "the certificate (JSON), or the PEM chain for Accept: application/pem-certificate-chain",
         "headers": {"Location": {"schema": {"type": "string"}}},
@@ -198,6 +202,32 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "404": _problem("no such certificate"),
                         "406": _problem("no acceptable representation"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/certificates/{serial}/revoke": {
+                "post": {
+                    "operationId": "revokeCertificate",
+                    "summary": "Revoke a certificate (its requester, or the revoke role)",
+                    "description": (
+                        "Records the time and RFC 5280 reason (audited). The certificate's OCSP "
+                        "response is refreshed at once; its CRL follows within [crl] "
+                        "revocation_delay_seconds. CA certificates are revoked with "
+                        "'hsmca ca revoke' (a root operation)."
+                    ),
+                    "parameters": [serial_param],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref("RevokeIn")}},
+                    },
+                    "responses": {
+                        "200": _json(_ref("CertificateOut"), "the revoked certificate"),
+                        "400": _problem("malformed body or a reason not accepted"),
+                        "404": _problem("no such certificate (or not one this client may see)"),
+                        "409": _problem("already revoked, or the certificate of a CA"),
+                        "413": _problem("body over the configured limit"),
+                        "415": _problem("the body is not application/json"),
                         **_COMMON,
                     },
                 }

@@ -35,6 +35,27 @@ class EnrollIn(_Strict):
     )
 
 
+#: RFC 5280 reasons an end-entity certificate may be revoked for (the CA/Browser Forum's set:
+#: no certificateHold, removeFromCRL, cACompromise or aACompromise).
+RevocationReason = Literal[
+    "unspecified",
+    "keyCompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "privilegeWithdrawn",
+]
+
+
+class RevokeIn(_Strict):
+    """``POST /certificates/{serial}/revoke``."""
+
+    reason: RevocationReason = Field(
+        description="RFC 5280 CRLReason; unspecified is listed without a reasonCode"
+    )
+    comment: str = Field("", max_length=500, description="kept in the audit record")
+
+
 class RejectIn(_Strict):
     """``POST /requests/{id}/reject``."""
 
@@ -67,6 +88,8 @@ class CertificateOut(_Strict):
     owner: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
     fingerprint_sha256: str
+    revoked_at: str | None = Field(None, description="when it was revoked (status revoked)")
+    revocation_reason: str | None = Field(None, description="RFC 5280 reason name (revoked)")
     certificate: str = Field(description="the certificate, PEM")
     chain: str | None = Field(None, description="the issuing CAs up to the root (exclusive), PEM")
     links: Links

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from ca.enrollment import (
 from ca.errors import CAError, Forbidden, NotFound
 from ca.issuance import IssuanceRequest, IssuedCertificate
 from ca.policy import Requester
+from ca.revocation import REASON_NAMES, AfterRevoke, revoke
 from ca.store.db import CertificateFilter, CertificateRow, RequestRow
 from web.api import schemas as s
 from web.api.auth import TokenCache, Unauthorized, current_requester
@@ -75,9 +76,14 @@ class ApiProblem(Exception):
 
 
 def api_blueprint(
-    authority: Callable[[], Authority], queue: Callable[[], IssuanceQueue]
+    authority: Callable[[], Authority],
+    queue: Callable[[], IssuanceQueue],
+    after_revoke: Sequence[AfterRevoke] = (),
 ) -> Blueprint:
-    """The ``/api/v1`` blueprint, bound to the per-process authority and issuance queue."""
+    """The ``/api/v1`` blueprint, bound to the per-process authority and issuance queue.
+
+    ``after_revoke``: run after each revocation commits (``web/hooks.py`` lists them).
+    """
     bp = Blueprint("api", __name__, url_prefix="/api/v1")
     tokens = TokenCache()
 
@@ -205,6 +211,26 @@ def api_blueprint(
                 body += _chain_pem(auth, row.issuer_name).encode()
             return Response(body, mimetype=kind)
         return _json(_certificate_out(auth, row, with_chain=True))
+
+    # Revocation -----------------------------------------------------------------------------
+
+    @bp.post("/certificates/<serial>/revoke")
+    def revoke_certificate(serial: str) -> Response:
+        """Revoke a certificate: its requester, or a client with the ``revoke`` role."""
+        auth, requester = who(None, "revoke certificates")
+        normal = normalize_serial(serial)  # NotFound (404) for anything that is not hex
+        body = _parse(s.RevokeIn, required=True)
+        assert isinstance(body, s.RevokeIn)
+        revoke(
+            auth,
+            normal,
+            body.reason,
+            requester.name,
+            requester=requester,
+            comment=body.comment,
+            after=after_revoke,
+        )
+        return _json(_certificate_out(auth, auth.db.get_certificate(normal), with_chain=False))
 
     # Profiles and CAs -----------------------------------------------------------------------
 
@@ -499,6 +525,12 @@ def _certificate_out(
         owner=row.owner,
         metadata=meta,
         fingerprint_sha256=row.fingerprint_sha256,
+        revoked_at=_rfc3339(row.revoked_at) if row.revoked_at else None,
+        revocation_reason=(
+            REASON_NAMES.get(row.revocation_reason or 0, "unspecified")
+            if row.status == "revoked"
+            else None
+        ),
         certificate=pem,
         chain=chain,
         links=s.Links(
