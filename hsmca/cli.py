@@ -335,6 +335,14 @@ def ca_create_intermediate(
     )
     created = create_intermediate(c.auth, name, common_name, key, days, parent, actor=_actor())
     click.echo(f"created CA {created.name!r}: {created.certificate.subject.rfc4514_string()}")
+    # Revocation services for the new CA now, rather than at the scheduler's next runs.
+    from crl.publisher import publish
+    from ocsp import set_up as set_up_ocsp
+
+    for published in publish(c.auth, created.name, actor=_actor()):
+        click.echo(f"crl: published {published.url} (number {published.number})")
+    for ca_name, serial in set_up_ocsp(c.auth, actor=_actor()).responders.created.items():
+        click.echo(f"ocsp: responder for CA {ca_name!r} (serial {serial})")
 
 
 # --- issuance ---------------------------------------------------------------------------------
@@ -415,6 +423,15 @@ def cert_show(c: Ctx, serial: str, pem: bool) -> None:
         "sha256_fingerprint": row.fingerprint_sha256,
         "issued_at": f"{row.created_at:%Y-%m-%dT%H:%M:%SZ}",
     }
+    if row.revoked_at is not None:
+        from ca.revocation import REASON_NAMES
+
+        info["revoked_at"] = f"{row.revoked_at:%Y-%m-%dT%H:%M:%SZ}"
+        code = row.revocation_reason
+        info["revocation_reason"] = REASON_NAMES.get(code, str(code)) if code is not None else None
+    if row.owner or row.meta:
+        info["owner"] = row.owner
+        info["metadata"] = row.meta
     click.echo(json.dumps(info, indent=2))
 
 

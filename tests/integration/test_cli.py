@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -295,3 +296,20 @@ def test_client_add_prints_the_token_once_and_list_never_shows_it(initialised):
     assert disabled.returncode == 0
     assert "disabled" in run(initialised, "client", "list").stdout
     assert "--role" in run(initialised, "client", "add", "--help").stdout
+
+
+def test_a_new_intermediate_gets_its_crl_and_ocsp_responder_at_once(initialised):
+    made = run(initialised, "ca", "create-intermediate", "payments", "--key", "ec:P-256")
+    assert made.returncode == 0, made.stderr
+    assert "crl: published" in made.stdout and "/crl/payments.crl" in made.stdout
+    assert "ocsp: responder for CA 'payments'" in made.stdout
+
+
+def test_cert_show_reports_a_revocation(initialised, tmp_path):
+    issued = issue_cli(initialised, tmp_path, "gone.corp.test")
+    serial = re.search(r"serial ([0-9a-f]+)", issued.stderr).group(1)
+    revoked = run(initialised, "revoke", serial, "--reason", "superseded")
+    assert revoked.returncode == 0, revoked.stderr
+    shown = json.loads(run(initialised, "cert", "show", serial).stdout)
+    assert shown["status"] == "revoked" and shown["revocation_reason"] == "superseded"
+    assert shown["revoked_at"].endswith("Z")

@@ -585,3 +585,76 @@ def test_serve_runs_the_scheduler_and_stops_it_with_the_servers(launch):
     )
     assert srv.stop() == 0
     wait_until(lambda: not alive(scheduler[0]), 10, "the scheduler to stop")
+
+
+@pytest.mark.hsm
+def test_a_revocation_through_the_api_reaches_ocsp_at_once_and_the_crl_within_the_delay(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The whole appliance: hsmca serve with its scheduler, the REST API, OCSP and the CRL."""
+    import requests
+    from cryptography.hazmat.primitives import serialization
+    from helpers import make_csr
+
+    data = tmp_path_factory.mktemp("e2e") / "data"
+    assert run(data, "init").returncode == 0
+    root = data / "root.pem"
+    root.write_text(run(data, "ca", "show", "root", "--pem").stdout)
+    token = run(data, "client", "add", "ops", "--role", "enroll").stdout.strip()
+    delay = 2
+    srv = start_server(data, tmp_path, env={"HSMCA_CRL_REVOCATION_DELAY_SECONDS": str(delay)})
+    try:
+        auth = {"Authorization": f"Bearer {token}"}
+        body = {"csr": make_csr(["e2e.corp.test"]).decode(), "profile": "server"}
+        issued = requests.post(
+            f"{srv.https}/api/v1/certificates",
+            json=body,
+            headers=auth,
+            verify=str(root),
+            timeout=30,
+        )
+        assert issued.status_code == 201, issued.text
+        serial = int(issued.json()["serial"], 16)
+        leaf = tmp_path / "leaf.pem"
+        leaf.write_text(issued.json()["certificate"])
+        chain = tmp_path / "chain.pem"
+        chain.write_text(issued.json()["chain"] + root.read_text())
+        issuing = tmp_path / "issuing.pem"
+        issuing.write_text(issued.json()["chain"])
+
+        revoked_at = time.monotonic()
+        revoke = requests.post(
+            f"{srv.https}/api/v1/certificates/{issued.json()['serial']}/revoke",
+            json={"reason": "keyCompromise"},
+            headers=auth,
+            verify=str(root),
+            timeout=30,
+        )
+        assert revoke.status_code == 200, revoke.text
+
+        ocsp = openssl(
+            "ocsp", "-issuer", str(issuing), "-cert", str(leaf), "-CAfile", str(chain),
+            "-url", f"{srv.http}/ocsp",
+        )  # fmt: skip
+        assert time.monotonic() - revoked_at < 1.0 + 2.0  # (openssl itself takes a moment)
+        assert "revoked" in ocsp.stdout and "Response verify OK" in ocsp.stderr, ocsp
+
+        def crl_lists_it() -> bool:
+            der = urllib.request.urlopen(f"{srv.http}/crl/issuing.crl", timeout=10).read()
+            crl = x509.load_der_x509_crl(der)
+            return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+        wait_until(crl_lists_it, 30, "the CRL to list the revoked certificate")
+        took = time.monotonic() - revoked_at
+        # The delay, plus the publish job's interval (5 s at this delay), plus slack.
+        assert took < delay + 5 + 5, took
+        crl_pem = tmp_path / "crl.pem"
+        der = urllib.request.urlopen(f"{srv.http}/crl/issuing.crl", timeout=10).read()
+        crl_pem.write_bytes(x509.load_der_x509_crl(der).public_bytes(serialization.Encoding.PEM))
+        check = openssl(
+            "verify", "-crl_check", "-CRLfile", str(crl_pem), "-CAfile", str(root),
+            "-untrusted", str(issuing), str(leaf),
+        )  # fmt: skip
+        assert check.returncode != 0 and "revoked" in (check.stdout + check.stderr)
+    finally:
+        srv.stop()
