@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -141,32 +142,19 @@ def _create(
         "subject": subject.rfc4514_string(),
         "key": key_details,
     }
-    with auth.db.write() as conn:
-        if auth.db.serial_taken(conn, s):
-            raise Conflict("serial collision; try again")
-        auth.db.add_intents(
-            conn,
-            [
-                {
-                    "serial": s,
-                    "issuer_name": issuer_name,
-                    "profile": profile,
-                    "requester": actor,
-                    "request_sha256": "",
-                    "details": json.dumps(details, sort_keys=True),
-                    "state": "pending",
-                    "created_at": now,
-                }
-            ],
-        )
-        auth.db.append_audit_many(
-            conn,
-            now,
-            [
-                (actor, "key.generated", ref.label, key_details | {"ca": name}),
-                (actor, "ca.requested", name, details),
-            ],
-        )
+    record_intent(
+        auth,
+        now,
+        s,
+        issuer_name,
+        profile,
+        actor,
+        details,
+        [
+            (actor, "key.generated", ref.label, key_details | {"ca": name}),
+            (actor, "ca.requested", name, details),
+        ],
+    )
 
     cert = builder.sign(signing_key, hash_alg)
     cert.verify_directly_issued_by(cert if issuer is None else issuer.certificate)
@@ -229,3 +217,39 @@ def _create(
             {"ca": name, "id": ca_id, "serial": s, "issuer": issuer_name, "fingerprint_sha256": fp},
         )
     return CreatedCa(name, cert, ref)
+
+
+def record_intent(
+    auth: Authority,
+    now: datetime,
+    serial: str,
+    issuer_name: str,
+    profile: str,
+    actor: str,
+    details: dict[str, Any],
+    events: list[tuple[str, str, str, dict[str, Any]]],
+) -> None:
+    """Reserve ``serial`` and record the intent to sign with its audit events, in one commit.
+
+    For certificates the CA makes for itself (CAs, OCSP responders) once their key exists in the
+    HSM: a crash before the certificate is stored leaves an intent recovery resolves.
+    """
+    with auth.db.write() as conn:
+        if auth.db.serial_taken(conn, serial):
+            raise Conflict("serial collision; try again")
+        auth.db.add_intents(
+            conn,
+            [
+                {
+                    "serial": serial,
+                    "issuer_name": issuer_name,
+                    "profile": profile,
+                    "requester": actor,
+                    "request_sha256": "",
+                    "details": json.dumps(details, sort_keys=True),
+                    "state": "pending",
+                    "created_at": now,
+                }
+            ],
+        )
+        auth.db.append_audit_many(conn, now, events)

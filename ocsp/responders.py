@@ -13,7 +13,6 @@ marked ``superseded`` in that same commit; responses it signed stay valid until 
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authority import Authority, fingerprint, same_public_key, serial_hex
 from ca.errors import CAError, Conflict, KeyMismatch
+from ca.hierarchy import record_intent
 from ca.issuance import new_serial
 from ca.keys import KeyRef, KeySpec, PublicKey
 from ca.store import ocsp as store
@@ -151,32 +151,19 @@ def create_responder(
         "not_before": not_before.isoformat(),
         "not_after": min(not_after, issuer.certificate.not_valid_after_utc).isoformat(),
     }
-    with auth.db.write() as conn:
-        if auth.db.serial_taken(conn, s):
-            raise Conflict("serial collision; try again")
-        auth.db.add_intents(
-            conn,
-            [
-                {
-                    "serial": s,
-                    "issuer_name": ca_name,
-                    "profile": PROFILE,
-                    "requester": actor,
-                    "request_sha256": "",
-                    "details": json.dumps(details, sort_keys=True),
-                    "state": "pending",
-                    "created_at": now,
-                }
-            ],
-        )
-        auth.db.append_audit_many(
-            conn,
-            now,
-            [
-                (actor, "key.generated", ref.label, key_details | {"ocsp_responder_for": ca_name}),
-                (actor, "ocsp.responder_requested", ca_name, details),
-            ],
-        )
+    record_intent(
+        auth,
+        now,
+        s,
+        ca_name,
+        PROFILE,
+        actor,
+        details,
+        [
+            (actor, "key.generated", ref.label, key_details | {"ocsp_responder_for": ca_name}),
+            (actor, "ocsp.responder_requested", ca_name, details),
+        ],
+    )
 
     cert = builder.sign(issuer.key, issuer.hash_algorithm)
     cert.verify_directly_issued_by(issuer.certificate)

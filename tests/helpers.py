@@ -142,3 +142,22 @@ def tool(name: str) -> str:
     if not found:
         raise FileNotFoundError(name)
     return found
+
+
+def pkilint_findings(
+    linter: str, data: bytes, tmp_path: Path, *args: str, name: str = "doc"
+) -> list[str]:
+    """pkilint findings at ERROR or FATAL severity, one line each (``data`` is PEM or DER)."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    proc = subprocess.run(
+        [tool(linter), "lint", *args, "-s", "ERROR", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    findings = [ln.strip() for ln in proc.stdout.splitlines() if "(ERROR)" in ln or "(FATAL)" in ln]
+    # pkilint exits with the number of findings; a crash shows as a traceback on stderr.
+    if "Traceback" in proc.stderr or (proc.returncode and not findings):
+        raise AssertionError(f"{linter} failed (exit {proc.returncode}): {proc.stderr[-500:]}")
+    return findings

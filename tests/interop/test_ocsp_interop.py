@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as xocsp
 from cryptography.x509.oid import NameOID
-from helpers import make_csr, tool
+from helpers import make_csr, pkilint_findings
 from live import start_server
 from sqlalchemy import update
 
@@ -35,19 +35,7 @@ DER = serialization.Encoding.DER
 
 
 def _lint(linter: str, data: bytes, tmp_path: Path, *args: str) -> list[str]:
-    """pkilint findings at ERROR or FATAL severity, one line each."""
-    path = tmp_path / "doc.der"
-    path.write_bytes(data)
-    proc = subprocess.run(
-        [tool(linter), "lint", *args, "-s", "ERROR", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    findings = [ln.strip() for ln in proc.stdout.splitlines() if "(ERROR)" in ln or "(FATAL)" in ln]
-    if "Traceback" in proc.stderr or (proc.returncode and not findings):
-        raise AssertionError(f"{linter} failed (exit {proc.returncode}): {proc.stderr[-500:]}")
-    return findings
+    return pkilint_findings(linter, data, tmp_path, *args, name="doc.der")
 
 
 def _request(cert, issuer, algorithm=None, nonce=None) -> bytes:

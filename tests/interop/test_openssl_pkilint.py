@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from helpers import make_csr, openssl, tool
+from helpers import make_csr, openssl, pkilint_findings
 
 from ca.hierarchy import create_intermediate
 from ca.issuance import IssuanceRequest, issue
@@ -17,21 +16,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.hsm]
 PEM = serialization.Encoding.PEM
 
 
-def _lint(linter: str, pem: bytes, tmp_path: Path, *args: str) -> list[str]:
-    """pkilint findings at ERROR or FATAL severity, one line each."""
-    path = tmp_path / "cert.pem"
-    path.write_bytes(pem)
-    proc = subprocess.run(
-        [tool(linter), "lint", *args, "-s", "ERROR", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    findings = [ln.strip() for ln in proc.stdout.splitlines() if "(ERROR)" in ln or "(FATAL)" in ln]
-    # pkilint exits with the number of findings; a crash shows as a traceback on stderr.
-    if "Traceback" in proc.stderr or (proc.returncode and not findings):
-        raise AssertionError(f"{linter} failed (exit {proc.returncode}): {proc.stderr[-500:]}")
-    return findings
+def _lint(linter: str, data: bytes, tmp_path: Path, *args: str) -> list[str]:
+    return pkilint_findings(linter, data, tmp_path, *args, name="cert.pem")
 
 
 def _verify(env, chain: Path, *options: str):
