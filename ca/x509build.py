@@ -121,7 +121,7 @@ def build_intermediate(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_key_usage(), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(_aki(issuer), critical=False)
+        .add_extension(authority_key_identifier(issuer), critical=False)
         .add_extension(_aia(urls), critical=False)
         .add_extension(_cdp(urls.crl_url(urls.crl_shard(serial))), critical=False)
         .add_extension(
@@ -173,7 +173,7 @@ def build_leaf(
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(not_after)
-        .add_extension(_aki(issuer), critical=False)
+        .add_extension(authority_key_identifier(issuer), critical=False)
         .add_extension(_aia(urls), critical=False)
         .add_extension(_cdp(urls.crl_url(urls.crl_shard(serial))), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -212,7 +212,8 @@ def build_leaf(
 
 
 @functools.lru_cache(maxsize=64)  # the same for every certificate of an issuer
-def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    """The AKI naming ``issuer``'s key: its SKI, or one computed from its public key."""
     try:
         ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

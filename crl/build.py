@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca.keys import IssuerKey, SigningHash
+from ca.x509build import authority_key_identifier
 from crl import der
 from crl.der import Entry
 
@@ -61,15 +62,6 @@ class CrlSpec:
     next_update: datetime
     #: The partition's URL for its issuingDistributionPoint; ``None`` for a CA's only CRL.
     distribution_point: str | None = None
-
-
-def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
-    """The AKI naming ``issuer``'s key: its SKI, or one computed from its public key."""
-    try:
-        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
 
 
 def issuing_distribution_point(url: str) -> x509.IssuingDistributionPoint:

@@ -30,7 +30,7 @@ from ca.keys import KeyRef, KeySpec, PublicKey
 from ca.store import ocsp as store
 from ca.store.db import CaRow
 from ca.store.ocsp import ResponderRow
-from ca.x509build import ca_subject
+from ca.x509build import authority_key_identifier, ca_subject
 from ocsp.signer import IssuerIds, ResponderSigner
 
 PROFILE = "ocsp-responder"
@@ -54,11 +54,6 @@ def build_responder_certificate(
     not_after: datetime,
 ) -> x509.CertificateBuilder:
     """An OCSP responder certificate for ``issuer`` (unsigned)."""
-    try:
-        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
-    except x509.ExtensionNotFound:
-        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key())  # type: ignore[arg-type]
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -67,7 +62,7 @@ def build_responder_certificate(
         .serial_number(serial)
         .not_valid_before(not_before)
         .not_valid_after(min(not_after, issuer.not_valid_after_utc))
-        .add_extension(aki, critical=False)
+        .add_extension(authority_key_identifier(issuer), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.KeyUsage(
