@@ -357,6 +357,29 @@ class OcspConfig(_Section):
     max_serials_per_request: int = Field(16, ge=1, le=1000)
 
 
+class AcmeConfig(_Section):
+    """``[acme]``: the ACME server (RFC 8555) under ``/acme`` on the HTTPS listener."""
+
+    enabled: bool = Field(True, description="serve /acme; false: every /acme path is 404")
+    terms_of_service_url: str = Field(
+        "", description="meta.termsOfService of the directory; empty: none (no agreement needed)"
+    )
+    website: str = Field("", description="meta.website of the directory; empty: none")
+    nonce_lifetime_seconds: int = Field(
+        3600, ge=60, le=86400, description="an unused Replay-Nonce expires after this"
+    )
+    max_jws_bytes: int = Field(
+        65536, ge=4096, le=1024 * 1024, description="larger ACME request bodies are refused"
+    )
+
+    @field_validator("terms_of_service_url", "website")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be empty or an http(s):// URL")
+        return value
+
+
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
@@ -368,6 +391,7 @@ class AppConfig(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     crl: CrlConfig = Field(default_factory=CrlConfig)
     ocsp: OcspConfig = Field(default_factory=OcspConfig)
+    acme: AcmeConfig = Field(default_factory=AcmeConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -431,6 +455,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("api", ApiConfig),
             ("crl", CrlConfig),
             ("ocsp", OcspConfig),
+            ("acme", AcmeConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -517,6 +542,7 @@ def render_toml(config: AppConfig) -> str:
         "api": ApiConfig,
         "crl": CrlConfig,
         "ocsp": OcspConfig,
+        "acme": AcmeConfig,
     }
     for section, model in models.items():
         lines.append(f"[{section}]")

@@ -20,6 +20,7 @@ from flask import Flask, Response, jsonify
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
+from web.acme import acme_blueprint
 from web.crl import crl_blueprint
 from web.ocsp import install as install_ocsp
 from web.problems import problem, problem_of
@@ -54,6 +55,7 @@ def create_app(
     install_ocsp(app)  # POST /ocsp, GET /ocsp/{base64}: WSGI in front of Flask (web/ocsp.py)
     _register_api(app, authority, state, lock)
     app.register_blueprint(crl_blueprint(authority))  # /crl/NAME.crl, /crl/NAME/SHARD.crl
+    app.register_blueprint(acme_blueprint(authority))  # /acme: RFC 8555 (web/acme)
     if check_surface(surface) == "plain":
         restrict_to_plain(
             app, lambda: config or load_config(Path(os.environ.get("HSMCA_HOME", ".")))

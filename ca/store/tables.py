@@ -231,3 +231,32 @@ class OcspResponse(Base):
     next_update: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     produced_at: Mapped[datetime] = mapped_column(UtcDateTime)
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AcmeNonce(Base):
+    """An ACME ``Replay-Nonce`` handed out and not yet used (RFC 8555 §6.5).
+
+    Shared by every worker and node: using a nonce deletes its row, and only the request whose
+    ``DELETE`` removed it proceeds. Rows older than ``[acme] nonce_lifetime_seconds`` are purged.
+    """
+
+    __tablename__ = "acme_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class AcmeAccount(Base):
+    """An ACME account: its key (RFC 7638 thumbprint + canonical public JWK), contacts, status."""
+
+    __tablename__ = "acme_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_thumbprint: Mapped[str] = mapped_column(String(64), unique=True)
+    jwk: Mapped[str] = mapped_column(Text)  # canonical JSON of the public JWK
+    status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
+    contact: Mapped[str] = mapped_column(Text)  # JSON list of URLs (mailto:)
+    tos_agreed: Mapped[bool] = mapped_column(Boolean)
+    requester: Mapped[str | None] = mapped_column(String(128))  # external account binding, later
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
