@@ -371,12 +371,36 @@ class AcmeConfig(_Section):
     max_jws_bytes: int = Field(
         65536, ge=4096, le=1024 * 1024, description="larger ACME request bodies are refused"
     )
+    order_lifetime_hours: int = Field(
+        168, ge=1, le=720, description="an order not finalized within this becomes invalid"
+    )
+    authz_lifetime_hours: int = Field(
+        168, ge=1, le=720, description="an authorization expires after this (at most the order's)"
+    )
+    validation_http01_port: int = Field(
+        80, ge=1, le=65535, description="the port http-01 validation connects to (RFC 8555: 80)"
+    )
+    validation_resolve_to: str = Field(
+        "",
+        description="TEST SETTING: connect to this address for every validation instead of "
+        "resolving the identifier; empty: resolve normally",
+    )
 
     @field_validator("terms_of_service_url", "website")
     @classmethod
     def _url(cls, value: str) -> str:
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must be empty or an http(s):// URL")
+        return value
+
+    @field_validator("validation_resolve_to")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("must be empty or an IP address") from None
         return value
 
 

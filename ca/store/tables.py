@@ -260,3 +260,54 @@ class AcmeAccount(Base):
     requester: Mapped[str | None] = mapped_column(String(128))  # external account binding, later
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AcmeOrder(Base):
+    """An ACME order (RFC 8555 §7.1.3): identifiers, profile, status and the certificate issued.
+
+    ``status``: pending → ready (every authorization valid) → processing (finalize won the
+    conditional move) → valid; or invalid (an authorization failed, or the order expired).
+    """
+
+    __tablename__ = "acme_orders"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("acme_accounts.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending|ready|processing|valid|invalid
+    identifiers: Mapped[str] = mapped_column(Text)  # JSON list of {"type", "value"}
+    profile: Mapped[str] = mapped_column(String(64))
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime)  # requested, unused yet
+    not_after: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    expires: Mapped[datetime] = mapped_column(UtcDateTime)
+    error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
+    certificate_serial: Mapped[str | None] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AcmeAuthorization(Base):
+    """An ACME authorization of one identifier for one order (RFC 8555 §7.1.4)."""
+
+    __tablename__ = "acme_authorizations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("acme_accounts.id"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("acme_orders.id"), index=True)
+    identifier_type: Mapped[str] = mapped_column(String(8))  # dns | ip
+    identifier_value: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # pending|valid|invalid|deactivated|expired
+    expires: Mapped[datetime] = mapped_column(UtcDateTime)
+    wildcard: Mapped[bool] = mapped_column(Boolean)
+
+
+class AcmeChallenge(Base):
+    """An ACME challenge of an authorization (RFC 8555 §7.1.5); only http-01 for now."""
+
+    __tablename__ = "acme_challenges"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    authz_id: Mapped[int] = mapped_column(ForeignKey("acme_authorizations.id"), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # http-01
+    token: Mapped[str] = mapped_column(String(64), unique=True)  # 43 chars base64url
+    status: Mapped[str] = mapped_column(String(16))  # pending|processing|valid|invalid
+    validated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    error: Mapped[str | None] = mapped_column(Text)  # JSON problem document

@@ -66,6 +66,7 @@ def test_directory_lists_only_what_exists(acme):
     assert resp.json == {
         "newNonce": f"{BASE}/acme/new-nonce",
         "newAccount": f"{BASE}/acme/new-account",
+        "newOrder": f"{BASE}/acme/new-order",
         "keyChange": f"{BASE}/acme/key-change",
         "meta": {
             "termsOfService": "https://ca.test/tos",

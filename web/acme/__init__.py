@@ -1,4 +1,5 @@
-"""ACME (RFC 8555) under ``/acme``: directory, nonces and accounts (the first slice).
+"""ACME (RFC 8555) under ``/acme``: directory, nonces, accounts, orders, authorizations,
+http-01 challenges, finalize and certificate download.
 
 Served on the HTTPS listener (the plain-HTTP surface refuses ``/acme``). Every response to a POST
 and every error carries a fresh ``Replay-Nonce`` and a ``Link: <directory>;rel="index"``; errors
@@ -10,29 +11,44 @@ front must therefore preserve the Host header and tell the app the original sche
 werkzeug's ``ProxyFix``), or clients' signed ``url`` will not match and they get
 ``unauthorized``. Account URLs (the ``kid``) are ``{request.url_root}acme/acct/{id}``.
 
-Orders, authorizations, challenges, finalize, revokeCert and ARI are not served yet; the
+Challenge validation runs in a thread pool of the web process (:data:`_VALIDATORS`): the
+challenge request answers at once with the challenge ``processing``; authorization and order
+polls show the outcome when the check is done. revokeCert and ARI are not served yet; the
 directory lists only what exists.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, Literal
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from ca.acme import accounts
+from ca.acme import accounts, http01, orders
 from ca.acme.errors import AcmeError, malformed
 from ca.acme.jws import Jws, key_from_jwk, parse, thumbprint, verify
 from ca.authority import Authority
 from ca.errors import CAError, HsmUnavailable, StoreError
 from ca.store import acme as store
-from ca.store.acme import AccountRow
+from ca.store.acme import AccountRow, AuthzRow, ChallengeRow, OrderRow
 
 JOSE_JSON = "application/jose+json"
 PROBLEM_JSON = "application/problem+json"
+PEM_CHAIN = "application/pem-certificate-chain"
+
+log = logging.getLogger(__name__)
+
+#: http-01 validations run here, in the background of the web process.
+_VALIDATORS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="acme-http01")
 
 
 def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
@@ -171,6 +187,7 @@ def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
         body = {
             "newNonce": url_for("acme.new_nonce", _external=True),
             "newAccount": url_for("acme.new_account", _external=True),
+            "newOrder": url_for("acme.new_order", _external=True),
             "keyChange": url_for("acme.key_change", _external=True),
             "meta": meta,
         }
@@ -266,7 +283,197 @@ def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
         assert current is not None
         return reply(accounts.account_json(current), 200, account_url(acct.id))
 
+    # Orders -------------------------------------------------------------------------------------
+
+    def order_url(order_id: int) -> str:
+        return url_for("acme.order", order_id=order_id, _external=True)
+
+    def authz_url(authz_id: int) -> str:
+        return url_for("acme.authz", authz_id=authz_id, _external=True)
+
+    def challenge_url(challenge_id: int) -> str:
+        return url_for("acme.challenge", challenge_id=challenge_id, _external=True)
+
+    def order_json(order: OrderRow) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "status": order.status,
+            "expires": _time(order.expires),
+            "identifiers": order.identifiers,
+            "authorizations": [authz_url(i) for i in order.authz_ids],
+            "finalize": url_for("acme.finalize", order_id=order.id, _external=True),
+            "profile": order.profile,
+        }
+        if order.error:
+            body["error"] = order.error
+        if order.certificate_serial and order.status == "valid":
+            body["certificate"] = url_for(
+                "acme.certificate", serial=order.certificate_serial, _external=True
+            )
+        return body
+
+    def challenge_json(ch: ChallengeRow) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": ch.type,
+            "url": challenge_url(ch.id),
+            "status": ch.status,
+            "token": ch.token,
+        }
+        if ch.validated_at is not None and ch.status == "valid":
+            body["validated"] = _time(ch.validated_at)
+        if ch.error:
+            body["error"] = ch.error
+        return body
+
+    def authz_json(authz: AuthzRow) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
+            "status": orders.authz_status(authz.status, authz.expires, auth().now()),
+            "expires": _time(authz.expires),
+            "challenges": [challenge_json(c) for c in authz.challenges],
+        }
+        if authz.wildcard:
+            body["wildcard"] = True
+        return body
+
+    def owned_order(order_id: int, account: AccountRow) -> OrderRow:
+        order = store.get_order(auth().db, order_id)
+        if order is None or order.account_id != account.id:
+            raise AcmeError("malformed", "no such order", 404)
+        return order
+
+    def owned_authz(authz_id: int, account: AccountRow) -> AuthzRow:
+        authz = store.get_authz(auth().db, authz_id)
+        if authz is None or authz.account_id != account.id:
+            raise AcmeError("malformed", "no such authorization", 404)
+        return authz
+
+    @bp.post("/new-order")
+    def new_order() -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        payload = jws.json()
+        if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
+            raise malformed("notBefore and notAfter are not supported; the profile sets validity")
+        profile = payload.get("profile") or "server"  # draft-aaron-acme-profiles
+        if not isinstance(profile, str):
+            raise malformed("profile must be a profile name")
+        order = orders.create_order(auth(), acct, payload.get("identifiers"), profile)
+        return reply(order_json(order), 201, order_url(order.id))
+
+    @bp.post("/order/<int:order_id>")
+    def order(order_id: int) -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        if not jws.post_as_get:
+            raise malformed("an order is read with POST-as-GET (an empty payload)")
+        a = auth()
+        current = orders.refresh_order(a.db, owned_order(order_id, acct), a.now())
+        resp = reply(order_json(current), 200, order_url(order_id))
+        if current.status in ("pending", "processing"):
+            resp.headers["Retry-After"] = "1"
+        return resp
+
+    @bp.post("/authz/<int:authz_id>")
+    def authz(authz_id: int) -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        found = owned_authz(authz_id, acct)
+        if not jws.post_as_get:
+            payload = jws.json()
+            if payload.get("status") != "deactivated" or set(payload) != {"status"}:
+                raise malformed('an authorization may only be updated to {"status": "deactivated"}')
+            found = orders.deactivate_authz(auth(), acct, found)
+        resp = reply(authz_json(found), 200, authz_url(authz_id))
+        if any(c.status == "processing" for c in found.challenges):
+            resp.headers["Retry-After"] = "1"
+        return resp
+
+    @bp.post("/chall/<int:challenge_id>")
+    def challenge(challenge_id: int) -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        a = auth()
+        ch = store.get_challenge(a.db, challenge_id)
+        found = owned_authz(ch.authz_id, acct) if ch is not None else None
+        if ch is None or found is None:
+            raise AcmeError("malformed", "no such challenge", 404)
+        if jws.post_as_get:
+            current = ch
+        else:
+            if jws.json():
+                raise malformed("a challenge is answered with an empty object {}")
+            started = orders.start_challenge(a, found, ch)
+            current = started.challenge
+            if started.validate:
+                _VALIDATORS.submit(_validate, a, acct, found, current)
+        resp = reply(challenge_json(current), 200)
+        resp.headers["Link"] = f'{index_link()}, <{authz_url(found.id)}>;rel="up"'
+        if current.status == "processing":
+            resp.headers["Retry-After"] = "1"
+        return resp
+
+    @bp.post("/order/<int:order_id>/finalize")
+    def finalize(order_id: int) -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        found = owned_order(order_id, acct)
+        payload = jws.json()
+        csr = payload.get("csr")
+        if not isinstance(csr, str) or not csr:
+            raise malformed("finalize needs csr (base64url DER)")
+        try:
+            der = base64.urlsafe_b64decode(csr + "=" * (-len(csr) % 4))
+        except (binascii.Error, ValueError):
+            raise AcmeError("badCSR", "csr is not base64url") from None
+        done = orders.finalize(auth(), acct, found, der)
+        return reply(order_json(done), 200, order_url(order_id))
+
+    @bp.post("/cert/<serial>")
+    def certificate(serial: str) -> Response:
+        jws, acct = authenticated("kid")
+        assert acct is not None
+        if not jws.post_as_get:
+            raise malformed("a certificate is downloaded with POST-as-GET (an empty payload)")
+        a = auth()
+        found = store.order_of_certificate(a.db, serial) if len(serial) <= 64 else None
+        if found is None or found.account_id != acct.id:
+            raise AcmeError("malformed", "no such certificate", 404)
+        row = a.db.get_certificate(serial)
+        enc = serialization.Encoding.PEM
+        leaf = x509.load_der_x509_certificate(row.der)
+        pem = b"".join(c.public_bytes(enc) for c in (leaf, *a.issuer_chain(row.issuer_name)))
+        resp = Response(pem, status=200, mimetype=PEM_CHAIN)
+        resp.headers["Replay-Nonce"] = fresh_nonce()
+        resp.headers["Link"] = index_link()
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
     return bp
+
+
+def _validate(auth: Authority, account: AccountRow, authz: AuthzRow, ch: ChallengeRow) -> None:
+    """Run one http-01 validation and record its outcome (in a validator thread)."""
+    cfg = auth.config.acme
+    try:
+        error = http01.validate(
+            authz.identifier_type,
+            authz.identifier_value,
+            ch.token,
+            orders.key_authorization(ch.token, account.key_thumbprint),
+            port=cfg.validation_http01_port,
+            resolve_to=cfg.validation_resolve_to,
+        )
+    except Exception as exc:  # never leave the challenge processing on a validator bug
+        log.exception("http-01 validation of challenge %s failed", ch.id)
+        error = f"validation failed: {type(exc).__name__}"
+    try:
+        orders.finish_challenge(auth, account.id, authz, ch.id, error)
+    except Exception:
+        log.exception("recording the http-01 outcome of challenge %s failed", ch.id)
+
+
+def _time(value: datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bool(payload: dict[str, Any], name: str) -> bool:
