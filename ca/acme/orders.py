@@ -405,7 +405,13 @@ def finalize(auth: Authority, account: AccountRow, order: OrderRow, csr_der: byt
     try:
         issued = issue(
             auth,
-            IssuanceRequest(csr=csr_der, profile=order.profile, requester=f"acme:{account.id}"),
+            IssuanceRequest(
+                csr=csr_der,
+                profile=order.profile,
+                requester=f"acme:{account.id}",
+                # Ties the certificate (and its intent) to the order, for audit and recovery.
+                metadata={"acme_order": str(order.id)},
+            ),
         )
     except (BadCSR, PolicyDenied) as exc:
         back_to_ready()

@@ -158,6 +158,8 @@ def test_full_flow_http01_finalize_download_and_verify(live_api, tmp_path):
     serial = format(certs[0].serial_number, "x")
     row = live_api.env.auth.db.get_certificate(serial)
     assert row.requester.startswith("acme:") and row.profile == "server"
+    order_id = done.uri.rstrip("/").rsplit("/", 1)[-1]
+    assert row.meta == {"acme_order": order_id}  # the certificate names its order
     actions = [e.action for e in live_api.audit_since(seq)]
     assert actions.count("acme.authorization.valid") == 3
     assert "certificate.issued" in actions or any(a.startswith("certificate.") for a in actions)
