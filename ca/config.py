@@ -385,12 +385,57 @@ class AcmeConfig(_Section):
         description="TEST SETTING: connect to this address for every validation instead of "
         "resolving the identifier; empty: resolve normally",
     )
+    validation_tlsalpn01_port: int = Field(
+        443,
+        ge=1,
+        le=65535,
+        description="the port tls-alpn-01 validation connects to (RFC 8737: 443)",
+    )
+    validation_dns_server: str = Field(
+        "",
+        description="host:port of the DNS resolver dns-01 asks (and http-01/tls-alpn-01 resolve "
+        "with); empty: the system's resolvers from /etc/resolv.conf",
+    )
+    validation_timeout_seconds: int = Field(
+        10, ge=1, le=60, description="one validation attempt gives up after this"
+    )
+    require_eab: bool = Field(
+        False,
+        description="new accounts must carry an external account binding made with "
+        "'hsmca acme eab create --client NAME'; the account then acts as that client",
+    )
+    eab_key_lifetime_hours: int = Field(
+        168, ge=1, le=8760, description="an unused EAB key expires after this"
+    )
+    orders_per_account_per_hour: int = Field(
+        300, ge=0, le=1000000, description="new orders per account in any hour; 0: no limit"
+    )
+    new_accounts_per_ip_per_hour: int = Field(
+        20,
+        ge=0,
+        le=1000000,
+        description="new accounts from one IP address in any hour; 0: no limit",
+    )
 
     @field_validator("terms_of_service_url", "website")
     @classmethod
     def _url(cls, value: str) -> str:
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must be empty or an http(s):// URL")
+        return value
+
+    @field_validator("validation_dns_server")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            host, sep, port = value.rpartition(":")
+            host = host.strip("[]")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError("must be empty or IP:port, e.g. 127.0.0.1:5353") from None
+            if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError("must be empty or IP:port, e.g. 127.0.0.1:5353")
         return value
 
     @field_validator("validation_resolve_to")

@@ -33,14 +33,23 @@ class AcmeError(Exception):
     """An ACME error: ``kind`` (the last part of the type URN), a safe ``detail`` and a status.
 
     ``extra`` members go into the problem document (e.g. ``algorithms`` for
-    badSignatureAlgorithm, RFC 8555 §6.2).
+    badSignatureAlgorithm, RFC 8555 §6.2); ``headers`` go on the response (e.g. ``Retry-After``
+    for rateLimited).
     """
 
-    def __init__(self, kind: str, detail: str, status: int | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        kind: str,
+        detail: str,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
         self.status = status if status is not None else STATUS.get(kind, 400)
+        self.headers = dict(headers or {})
         self.extra = extra
 
     @property

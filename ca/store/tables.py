@@ -257,9 +257,29 @@ class AcmeAccount(Base):
     status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
     contact: Mapped[str] = mapped_column(Text)  # JSON list of URLs (mailto:)
     tos_agreed: Mapped[bool] = mapped_column(Boolean)
-    requester: Mapped[str | None] = mapped_column(String(128))  # external account binding, later
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    requester: Mapped[str | None] = mapped_column(String(128))  # API client bound by EAB
+    eab_key_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    created_ip: Mapped[str | None] = mapped_column(String(64))  # for new-accounts-per-IP limits
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class AcmeEabKey(Base):
+    """An external account binding key (RFC 8555 §7.3.4) made for one API client.
+
+    The HMAC key is stored because the server must verify with it; it is single use: the
+    account it bound is recorded, and a used or expired key binds nothing more.
+    """
+
+    __tablename__ = "acme_eab_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hmac_key: Mapped[str] = mapped_column(String(128))  # base64url of 32 random octets
+    client: Mapped[str] = mapped_column(String(128))  # the API client the account acts as
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    expires: Mapped[datetime] = mapped_column(UtcDateTime)
+    account_id: Mapped[int | None] = mapped_column(Integer)  # set when used
+    used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class AcmeOrder(Base):
@@ -282,6 +302,8 @@ class AcmeOrder(Base):
     error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
     certificate_serial: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    replaces: Mapped[str | None] = mapped_column(String(64), index=True)  # ARI: serial replaced
+    processing_since: Mapped[datetime | None] = mapped_column(UtcDateTime)  # finalize started
 
 
 class AcmeAuthorization(Base):
@@ -300,7 +322,7 @@ class AcmeAuthorization(Base):
 
 
 class AcmeChallenge(Base):
-    """An ACME challenge of an authorization (RFC 8555 §7.1.5); only http-01 for now."""
+    """An ACME challenge of an authorization (RFC 8555 §7.1.5): http-01, dns-01 or tls-alpn-01."""
 
     __tablename__ = "acme_challenges"
 
@@ -311,3 +333,4 @@ class AcmeChallenge(Base):
     status: Mapped[str] = mapped_column(String(16))  # pending|processing|valid|invalid
     validated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # validation started
