@@ -399,6 +399,11 @@ class AcmeConfig(_Section):
     validation_timeout_seconds: int = Field(
         10, ge=1, le=60, description="one validation attempt gives up after this"
     )
+    profiles: list[str] = Field(
+        default_factory=list,
+        description="the profiles ACME orders may use (the directory's meta.profiles), the first "
+        "being the default for orders that name none; empty: every profile",
+    )
     require_eab: bool = Field(
         False,
         description="new accounts must carry an external account binding made with "
@@ -473,6 +478,11 @@ class AppConfig(_Section):
     @property
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{(self.data_dir / 'hsmca.db').resolve()}"
+
+    @property
+    def acme_profiles(self) -> list[str]:
+        """The profiles ACME offers: ``[acme] profiles``, or every profile when it is empty."""
+        return list(self.acme.profiles or self.profiles)
 
     @property
     def root_token_label(self) -> str:
@@ -594,6 +604,9 @@ def _check_profiles(config: AppConfig) -> None:
                 "(it appears in URLs and API requests)"
             )
         Profile.from_config(name, profile, config.ca.default_issuer)
+    for name in config.acme.profiles:
+        if name not in config.profiles:
+            raise ConfigError(f"acme.profiles: no profile named {name!r}")
 
 
 def render_toml(config: AppConfig) -> str:

@@ -265,7 +265,7 @@ def test_new_order_rejects_identifiers_the_profile_never_allows(live_api):
         ({"identifiers": []}, "malformed"),
         (
             {"identifiers": [{"type": "dns", "value": "x.acme.test"}], "profile": "nope"},
-            "malformed",
+            "invalidProfile",
         ),
         (
             {"identifiers": [{"type": "ip", "value": "10.0.0.1"}], "profile": "client"},

@@ -83,7 +83,7 @@ def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
             meta["website"] = cfg.website
         meta["externalAccountRequired"] = cfg.require_eab
         meta["profiles"] = {
-            name: p.description or name for name, p in sorted(a.config.profiles.items())
+            name: a.config.profiles[name].description or name for name in a.config.acme_profiles
         }
         body: dict[str, Any] = {
             key: url_for(endpoint, _external=True) for key, endpoint in h.directory.items()

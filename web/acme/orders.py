@@ -36,9 +36,15 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
         payload = jws.json()
         if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
             raise malformed("notBefore and notAfter are not supported; the profile sets validity")
-        profile = payload.get("profile") or "server"  # draft-aaron-acme-profiles
+        allowed = h.auth().config.acme_profiles
+        profile = payload.get("profile") or allowed[0]  # draft-aaron-acme-profiles
         if not isinstance(profile, str):
             raise malformed("profile must be a profile name")
+        if profile not in allowed:
+            raise AcmeError(
+                "invalidProfile",
+                f"profile {profile[:64]!r} is not offered (directory meta.profiles)",
+            )
         order = orders.create_order(h.auth(), acct, payload.get("identifiers"), profile)
         return h.reply(h.order_json(order), 201, h.order_url(order.id))
 
