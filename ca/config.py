@@ -396,6 +396,13 @@ class AcmeConfig(_Section):
         description="host:port of the DNS resolver dns-01 asks (and http-01/tls-alpn-01 resolve "
         "with); empty: the system's resolvers from /etc/resolv.conf",
     )
+    validation_answer_wait_ms: int = Field(
+        500,
+        ge=0,
+        le=5000,
+        description="a challenge's response waits this long for its validation (which runs in "
+        "the background either way), so a quick check answers at once; 0: never wait",
+    )
     validation_timeout_seconds: int = Field(
         10, ge=1, le=60, description="one validation attempt gives up after this"
     )

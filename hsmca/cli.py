@@ -544,7 +544,7 @@ def serve(
 
 
 # Command groups defined in their own modules register themselves on import.
-from hsmca import cli_clients, cli_revocation, cli_scheduler  # noqa: E402, F401
+from hsmca import cli_acme, cli_clients, cli_revocation, cli_scheduler  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -57,6 +57,12 @@ def _expire_requests(auth: Authority, now: datetime) -> object:
     return expire_requests(auth, now)
 
 
+def _acme_recover(auth: Authority, now: datetime) -> object:
+    from ca.acme.recovery import run_once
+
+    return run_once(auth, now)
+
+
 def _publish_crls(auth: Authority, now: datetime) -> object:
     from crl.publisher import run_once
 
@@ -85,6 +91,7 @@ def jobs(config: AppConfig) -> list[Job]:
     return [
         Job("recover-intents", timedelta(seconds=60), _recover_intents),
         Job("expire-requests", timedelta(seconds=60), _expire_requests),
+        Job("acme-recover", timedelta(seconds=30), _acme_recover),
         Job("ocsp-responders", timedelta(hours=1), _ocsp_responders),
         Job("ocsp-presign", timedelta(minutes=5), _ocsp_presign),
         Job("publish-crls", timedelta(seconds=crl_every), _publish_crls),

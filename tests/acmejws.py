@@ -70,3 +70,15 @@ def sign(
 
 def encode(jws: dict[str, str]) -> bytes:
     return json.dumps(jws).encode()
+
+
+def flattened(key: PrivateKey, protected: bytes, payload: bytes | str, alg: str) -> dict[str, str]:
+    """A flattened JWS over a protected header given as raw bytes (duplicate members, bad JSON…).
+
+    ``payload``: raw bytes (base64url-encoded here) or an already encoded string ("" for
+    POST-as-GET).
+    """
+    protected_b64 = b64(protected)
+    payload_b64 = payload if isinstance(payload, str) else b64(payload)
+    signature = raw_sign(key, alg, f"{protected_b64}.{payload_b64}".encode())
+    return {"protected": protected_b64, "payload": payload_b64, "signature": b64(signature)}

@@ -16,11 +16,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
 
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
-from web.acme import acme_blueprint
+from web.acme import acme_blueprint, routing_problem
 from web.crl import crl_blueprint
 from web.ocsp import install as install_ocsp
 from web.problems import problem, problem_of
@@ -113,13 +114,19 @@ def create_app(
             return resp
         return problem(400, "Bad Request", str(exc))
 
+    def acme_routing(exc: HTTPException) -> Response | None:
+        # Under /acme, ACME problems (with a nonce); the plain listener refuses /acme anyway.
+        return routing_problem(exc) if surface == "all" else None
+
     @app.errorhandler(404)
-    def not_found(_exc: Exception) -> Response:
-        return problem_of("notFound", "no such resource")
+    def not_found(exc: HTTPException) -> Response:
+        return acme_routing(exc) or problem_of("notFound", "no such resource")
 
     @app.errorhandler(405)
-    def not_allowed(_exc: Exception) -> Response:
-        return problem_of("methodNotAllowed", "method not allowed on this resource")
+    def not_allowed(exc: HTTPException) -> Response:
+        return acme_routing(exc) or problem_of(
+            "methodNotAllowed", "method not allowed on this resource"
+        )
 
     @app.errorhandler(500)
     def internal(_exc: Exception) -> Response:

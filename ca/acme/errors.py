@@ -21,6 +21,9 @@ STATUS: dict[str, int] = {
     "invalidContact": 400,
     "malformed": 400,
     "unsupportedContact": 400,
+    "alreadyRevoked": 400,
+    "badRevocationReason": 400,
+    "alreadyReplaced": 409,  # RFC 9773 §7.4
     "orderNotReady": 403,
     "unauthorized": 403,
     "userActionRequired": 403,

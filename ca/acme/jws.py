@@ -101,18 +101,24 @@ def b64url_encode(data: bytes) -> str:
 
 
 def parse_json_object(data: bytes, what: str) -> dict[str, Any]:
-    """``data`` as a JSON object (UTF-8, no duplicate members); ``malformed`` otherwise."""
+    """``data`` as a JSON object (UTF-8, no duplicate members as RFC 7515 §4 asks, no NaN or
+    Infinity); ``malformed`` otherwise, also for nesting too deep to parse."""
 
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in pairs:
             if k in out:
-                raise malformed(f"{what} has the member {k!r} twice")
+                raise malformed(f"{what} has the member {k[:40]!r} twice")
             out[k] = v
         return out
 
+    def no_constant(name: str) -> Any:
+        raise malformed(f"{what} has {name}, which is not JSON (RFC 8259)")
+
     try:
-        value = json.loads(data.decode("utf-8"), object_pairs_hook=no_duplicates)
+        value = json.loads(
+            data.decode("utf-8"), object_pairs_hook=no_duplicates, parse_constant=no_constant
+        )
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise malformed(f"{what} is not valid JSON") from None
     if not isinstance(value, dict):
@@ -131,7 +137,7 @@ def parse(body: bytes, url: str, max_bytes: int = 65536, *, inner: bool = False)
     ``unauthorized`` (``url`` is not the URL the request was sent to, RFC 8555 §6.4).
     """
     if len(body) > max_bytes:
-        raise malformed(f"the JWS is larger than {max_bytes} bytes")
+        raise AcmeError("malformed", f"the JWS is larger than {max_bytes} bytes", 413)
     outer = parse_json_object(body, "the JWS")
     if set(outer) != {"protected", "payload", "signature"}:
         raise malformed(
@@ -145,9 +151,9 @@ def parse(body: bytes, url: str, max_bytes: int = 65536, *, inner: bool = False)
     header = parse_json_object(b64url_decode(protected_b64, "protected"), "the protected header")
     payload = b64url_decode(payload_b64, "payload")
     signature = b64url_decode(signature_b64, "signature")
-    if not signature:
-        raise malformed("the signature is empty")
 
+    # The algorithm before the signature: an "alg": "none" JWS has an empty signature, and its
+    # answer must be badSignatureAlgorithm with the list (RFC 8555 §6.2), not "malformed".
     alg = header.get("alg")
     if not isinstance(alg, str) or not alg:
         raise malformed("the protected header has no alg")
@@ -157,6 +163,8 @@ def parse(body: bytes, url: str, max_bytes: int = 65536, *, inner: bool = False)
             f"the algorithm {alg[:20]!r} is not accepted (use one of {', '.join(ALGORITHMS)})",
             algorithms=list(ALGORITHMS),
         )
+    if not signature:
+        raise malformed("the signature is empty")
     if "crit" in header:
         raise malformed("the protected header has crit extensions, none of which are supported")
     if "b64" in header:

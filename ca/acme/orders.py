@@ -6,7 +6,9 @@ transaction with its audit event.
 
 Statuses:
 
-- challenge: pending → processing (validation started) → valid | invalid
+- challenge: pending → processing (validation started) → valid | invalid. Of an
+  authorization's challenges (:func:`challenge_types`) one at a time is validated: the others
+  cannot be started while one is processing, and its outcome settles the authorization.
 - authorization: pending → valid | invalid (its challenge failed: for good) | deactivated |
   expired
 - order: pending → ready (every authorization valid) → processing (finalize won the
@@ -24,6 +26,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from ca.acme import renewal
+from ca.acme.accounts import admit_order, deny, finalize_client
 from ca.acme.errors import AcmeError, malformed
 from ca.acme.jws import key_from_jwk
 from ca.authority import Authority
@@ -118,8 +122,8 @@ def check_identifiers(
     """The order's identifiers, normalised, de-duplicated and checked against what
     ``profile`` (and the issuing CA's name constraints) would ever allow.
 
-    ``malformed`` for the shape, ``rejectedIdentifier`` for a name the profile refuses; wildcard
-    names need dns-01, which is not offered yet, so they are refused too.
+    ``malformed`` for the shape, ``rejectedIdentifier`` for a name the profile refuses; a
+    wildcard name also needs the profile's ``allow_wildcards``.
     """
     if not isinstance(raw, list) or not raw:
         raise malformed("identifiers must be a non-empty list")
@@ -134,8 +138,8 @@ def check_identifiers(
     for ident in out:
         value = ident["value"]
         if ident["type"] == "dns":
-            if is_wildcard(value):
-                problems.append(f"{value}: wildcard names need dns-01, which is not offered")
+            if is_wildcard(value) and not profile.allow_wildcards:
+                problems.append(f"{value}: profile {profile.name!r} does not allow wildcard names")
             elif not any(rule.matches(value) for rule in profile.dns_rules):
                 problems.append(f"{value}: not allowed by profile {profile.name!r}")
         else:
@@ -152,6 +156,16 @@ def check_identifiers(
     if problems:
         raise AcmeError("rejectedIdentifier", "; ".join(problems))
     return out
+
+
+def challenge_types(ident: dict[str, str]) -> tuple[str, ...]:
+    """The challenges offered for an identifier: a wildcard name only dns-01 (RFC 8555 §7.1.3),
+    an IP address http-01 and tls-alpn-01 (RFC 8738 §7: no dns-01), any other name all three."""
+    if ident["type"] == "ip":
+        return ("http-01", "tls-alpn-01")
+    if is_wildcard(ident["value"]):
+        return ("dns-01",)
+    return ("http-01", "dns-01", "tls-alpn-01")
 
 
 def csr_identifiers(facts: CsrFacts) -> list[dict[str, str]]:
@@ -206,9 +220,11 @@ def create_order(
     account: AccountRow,
     raw_identifiers: Any,
     profile_name: str,
+    replaces: Any = None,
 ) -> OrderRow:
-    """A new pending order with one pending authorization (and http-01 challenge) per
-    identifier; audited as ``acme.order.created``."""
+    """A new pending order with one pending authorization (and its :func:`challenge_types`) per
+    identifier; audited as ``acme.order.created``. ``replaces``: an ARI certID (RFC 9773 §5,
+    checked by :func:`ca.acme.renewal.check_replaces`)."""
     profile = auth.profiles.get(profile_name)
     if profile is None:
         raise AcmeError(
@@ -216,11 +232,20 @@ def create_order(
             f"unknown profile {profile_name[:64]!r} (offered: {', '.join(sorted(auth.profiles))})",
         )
     constraints = name_constraints_of(auth.issuer_chain(profile.issuer)[0])
-    identifiers = check_identifiers(raw_identifiers, profile, constraints)
+    try:
+        identifiers = check_identifiers(raw_identifiers, profile, constraints)
+    except AcmeError as exc:
+        if exc.kind == "rejectedIdentifier":  # a policy refusal (not a malformed request)
+            deny(auth, account, exc, {"profile": profile.name})
+        raise
+    admit_order(auth, account, profile.name, identifiers)  # bound client's rules, rate limit
     now = auth.now()
     expires = now + timedelta(hours=auth.config.acme.order_lifetime_hours)
     authz_expires = min(expires, now + timedelta(hours=auth.config.acme.authz_lifetime_hours))
+    replaced = renewal.check_replaces(auth.db, account, replaces, identifiers, now)
     with auth.db.write() as conn:
+        if replaced:  # again under the writer lock: two orders racing to replace it
+            renewal.check_not_replaced(store.replacing_orders(auth.db, replaced, conn), now)
         order_id = store.add_order(
             conn,
             account_id=account.id,
@@ -230,6 +255,8 @@ def create_order(
             authz_expires=authz_expires,
             now=now,
             wildcards=[is_wildcard(i["value"]) for i in identifiers],
+            challenge_types=[challenge_types(i) for i in identifiers],
+            replaces=replaced,
         )
         auth.db.append_audit(
             conn,
@@ -237,7 +264,8 @@ def create_order(
             f"acme:{account.id}",
             "acme.order.created",
             f"acme-order:{order_id}",
-            {"identifiers": identifiers, "profile": profile.name},
+            {"identifiers": identifiers, "profile": profile.name}
+            | ({"replaces": replaced} if replaced else {}),
         )
         order = store.get_order(auth.db, order_id, conn)
     assert order is not None
@@ -310,8 +338,9 @@ class Started:
 
 
 def start_challenge(auth: Authority, authz: AuthzRow, challenge: ChallengeRow) -> Started:
-    """Move a pending challenge of a pending authorization to ``processing`` (once: a repeated
-    request just sees the current state)."""
+    """Move a pending challenge of a pending authorization to ``processing``, recording when
+    (once: a repeated request just sees the current state). While another challenge of the
+    authorization is being validated, the others cannot start (``malformed``)."""
     now = auth.now()
     if authz_status(authz.status, authz.expires, now) != "pending":
         if authz.status == "pending":
@@ -323,48 +352,86 @@ def start_challenge(auth: Authority, authz: AuthzRow, challenge: ChallengeRow) -
             raise malformed(f"the authorization is {authz.status}")
         return Started(challenge, False)
     with auth.db.write() as conn:
-        moved = store.move_challenge(conn, challenge.id, "pending", "processing")
-        current = store.get_challenge(auth.db, challenge.id, conn)
-    assert current is not None
-    return Started(current, moved)
+        # Read again under the writer lock: of two challenges answered at once, one starts.
+        current = store.get_authz(auth.db, authz.id, conn)
+        assert current is not None
+        mine = next(c for c in current.challenges if c.id == challenge.id)
+        if mine.status != "pending":
+            return Started(mine, False)
+        if current.status != "pending":
+            raise malformed(f"the authorization is {current.status}")
+        other = started_sibling(current.challenges, challenge.id)
+        if other is not None:
+            raise malformed(
+                f"the {other.type} challenge of this authorization is {other.status}; "
+                "one challenge per authorization is validated"
+            )
+        store.move_challenge(conn, challenge.id, "pending", "processing", started_at=now)
+        auth.db.append_audit(
+            conn,
+            now,
+            f"acme:{current.account_id}",
+            "acme.challenge.started",
+            f"acme-challenge:{challenge.id}",
+            {
+                "type": challenge.type,
+                "identifier": f"{current.identifier_type}:{current.identifier_value}",
+            },
+        )
+        started = store.get_challenge(auth.db, challenge.id, conn)
+    assert started is not None
+    return Started(started, True)
+
+
+def started_sibling(challenges: Iterable[ChallengeRow], challenge_id: int) -> ChallengeRow | None:
+    """Another challenge of the same authorization that is no longer pending, if any."""
+    return next((c for c in challenges if c.id != challenge_id and c.status != "pending"), None)
 
 
 def finish_challenge(
-    auth: Authority, account_id: int, authz: AuthzRow, challenge_id: int, error: str | None
-) -> None:
+    auth: Authority,
+    account_id: int,
+    authz: AuthzRow,
+    challenge_id: int,
+    failure: AcmeError | None,
+) -> bool:
     """Record the outcome of a validation: challenge and authorization valid (and the order
-    ready once all are), or both invalid for good (and the order invalid)."""
+    ready once all are), or both invalid for good (and the order invalid). False (and nothing
+    recorded) if the challenge was no longer processing: another run finished it."""
     now = auth.now()
     with auth.db.write() as conn:
-        if error is None:
-            if store.move_challenge(conn, challenge_id, "processing", "valid", validated_at=now):
+        ch = store.get_challenge(auth.db, challenge_id, conn)
+        if failure is None:
+            moved = store.move_challenge(
+                conn, challenge_id, "processing", "valid", validated_at=now
+            )
+            if moved:
                 store.move_authz(conn, authz.id, "pending", "valid")
         else:
-            problem = {
-                "type": "urn:ietf:params:acme:error:incorrectResponse"
-                if error.startswith("incorrect")
-                else "urn:ietf:params:acme:error:connection",
-                "detail": error,
-                "status": 403,
-            }
-            if store.move_challenge(
+            problem = {"type": failure.type, "detail": failure.detail, "status": failure.status}
+            moved = store.move_challenge(
                 conn, challenge_id, "processing", "invalid", validated_at=now, error=problem
-            ):
+            )
+            if moved:
                 store.move_authz(conn, authz.id, "pending", "invalid")
+        if not moved or ch is None:
+            return False
         status = _settle_order(conn, authz.order_id, now)
         auth.db.append_audit(
             conn,
             now,
             f"acme:{account_id}",
-            "acme.authorization.valid" if error is None else "acme.authorization.invalid",
+            "acme.authorization.valid" if failure is None else "acme.authorization.invalid",
             f"acme-authz:{authz.id}",
             {
                 "identifier": f"{authz.identifier_type}:{authz.identifier_value}",
-                "challenge": "http-01",
-                "error": error,
+                "wildcard": authz.wildcard,
+                "challenge": ch.type,
+                "error": None if failure is None else f"{failure.kind}: {failure.detail}",
                 "order_status": status,
             },
         )
+    return True
 
 
 def finalize(auth: Authority, account: AccountRow, order: OrderRow, csr_der: bytes) -> OrderRow:
@@ -390,8 +457,9 @@ def finalize(auth: Authority, account: AccountRow, order: OrderRow, csr_der: byt
         raise AcmeError("badCSR", str(exc)) from None
     check_csr_names(facts, order.identifiers)
     check_csr_key(facts, account)
+    client = finalize_client(auth, account, f"acme-order:{order.id}")  # None: unbound account
     with auth.db.write() as conn:
-        won = store.move_order(conn, order.id, "ready", "processing")
+        won = store.move_order(conn, order.id, "ready", "processing", processing_since=now)
     if not won:
         raise AcmeError("orderNotReady", "the order is being finalized or was finalized already")
 
@@ -409,6 +477,7 @@ def finalize(auth: Authority, account: AccountRow, order: OrderRow, csr_der: byt
                 csr=csr_der,
                 profile=order.profile,
                 requester=f"acme:{account.id}",
+                client=client,  # a bound account acts as its API client in the policy
                 # Ties the certificate (and its intent) to the order, for audit and recovery.
                 metadata={"acme_order": str(order.id)},
             ),
@@ -420,7 +489,11 @@ def finalize(auth: Authority, account: AccountRow, order: OrderRow, csr_der: byt
         back_to_ready()
         raise
     with auth.db.write() as conn:
-        store.move_order(conn, order.id, "processing", "valid", certificate_serial=issued.serial)
+        # ready too: if this finalize outlived the recovery's patience, the order went back.
+        if not store.move_order(
+            conn, order.id, "processing", "valid", certificate_serial=issued.serial
+        ):
+            store.move_order(conn, order.id, "ready", "valid", certificate_serial=issued.serial)
         auth.db.append_audit(
             conn,
             auth.now(),

@@ -3,23 +3,28 @@
 Plain functions over :class:`ca.store.db.Database` (reads, nonces) and a write transaction's
 :class:`~sqlalchemy.Connection` (account changes, which commit with their audit event).
 
-Nonces are shared by every worker process and node: issuing one inserts a row; using it is
-``DELETE … WHERE nonce = :n`` and succeeds only for the one request whose delete removed the row.
+Nonces are shared by every worker process and node: handing one out writes nothing (it is
+MAC'd, :mod:`ca.acme.nonces`); using one inserts its row, and only the request whose insert
+added the row proceeds.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
+from ca.acme.nonces import make_nonce, nonce_issued_at
 from ca.errors import StoreError
 from ca.store import tables as t
 from ca.store.db import Database
@@ -43,26 +48,61 @@ def _nonce_tx(db: Database) -> Iterator[Connection]:
         raise StoreError(f"database unavailable: {type(exc).__name__}") from exc
 
 
+_NONCE_KEYS: dict[str, bytes] = {}
+
+
+def nonce_key(db: Database) -> bytes:
+    """The installation's nonce HMAC key: made (once, by whoever comes first) and cached."""
+    cached = _NONCE_KEYS.get(db.url)
+    if cached is not None:
+        return cached
+    with db.read() as conn:
+        row = conn.execute(select(t.AcmeNonceKey.key).where(t.AcmeNonceKey.id == 1)).first()
+    if row is None:
+        fresh = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+        with db.write() as conn:
+            conn.execute(
+                _insert_ignore(db, t.AcmeNonceKey).values(
+                    id=1, key=fresh, created_at=datetime.now(UTC)
+                )
+            )
+            row = conn.execute(select(t.AcmeNonceKey.key).where(t.AcmeNonceKey.id == 1)).first()
+    assert row is not None
+    key = base64.urlsafe_b64decode(str(row.key))
+    _NONCE_KEYS[db.url] = key
+    return key
+
+
+def _insert_ignore(db: Database, table: Any) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` in the database's dialect."""
+    if db.is_sqlite:
+        return sqlite_insert(table).on_conflict_do_nothing()
+    return pg_insert(table).on_conflict_do_nothing()
+
+
 def issue_nonce(db: Database, now: datetime, lifetime_seconds: int) -> str:
-    """A fresh nonce (base64url, 256 random bits), stored until used or expired."""
-    nonce = secrets.token_urlsafe(32)
-    with _nonce_tx(db) as conn:
-        conn.execute(insert(t.AcmeNonce).values(nonce=nonce, created_at=now))
-        if secrets.randbelow(PURGE_EVERY) == 0:
-            purge_nonces(conn, now, lifetime_seconds)
-    return nonce
+    """A fresh nonce (nothing is written: see :mod:`ca.acme.nonces`)."""
+    return make_nonce(nonce_key(db), now)
 
 
 def use_nonce(db: Database, nonce: str, now: datetime, lifetime_seconds: int) -> bool:
-    """Consume ``nonce``: True for exactly one caller if it was issued and has not expired."""
-    if len(nonce) > 64:
+    """Consume ``nonce``: True for exactly one caller if we made it and it has not expired."""
+    issued = nonce_issued_at(nonce_key(db), nonce)
+    if issued is None:
         return False
-    oldest = now - timedelta(seconds=lifetime_seconds)
+    # A minute of slack for the clocks of other nodes; the lifetime bounds how long rows stay.
+    if not now - timedelta(seconds=lifetime_seconds) <= issued <= now + timedelta(seconds=60):
+        return False
     with _nonce_tx(db) as conn:
-        result = conn.execute(
-            delete(t.AcmeNonce).where(t.AcmeNonce.nonce == nonce, t.AcmeNonce.created_at >= oldest)
-        )
-        return result.rowcount == 1
+        # RETURNING, not rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING.
+        added = conn.execute(
+            _insert_ignore(db, t.AcmeNonce)
+            .values(nonce=nonce, created_at=issued)
+            .returning(t.AcmeNonce.nonce)
+        ).first()
+        if secrets.randbelow(PURGE_EVERY) == 0:
+            purge_nonces(conn, now, lifetime_seconds)
+        return added is not None
 
 
 def purge_nonces(conn: Connection, now: datetime, lifetime_seconds: int) -> int:
@@ -85,6 +125,8 @@ class AccountRow:
     requester: str | None
     created_at: datetime
     updated_at: datetime
+    eab_key_id: str | None = None  # the EAB key that bound it to the API client ``requester``
+    created_ip: str | None = None  # where new-account came from (per-IP rate limit)
 
 
 def _account(row: Any) -> AccountRow:
@@ -98,6 +140,8 @@ def _account(row: Any) -> AccountRow:
         requester=row.requester,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        eab_key_id=row.eab_key_id,
+        created_ip=row.created_ip,
     )
 
 
@@ -134,6 +178,8 @@ def add_account(
     tos_agreed: bool,
     now: datetime,
     requester: str | None = None,
+    eab_key_id: str | None = None,
+    created_ip: str | None = None,
 ) -> int:
     """Insert a ``valid`` account; its id."""
     result = conn.execute(
@@ -144,6 +190,8 @@ def add_account(
             contact=json.dumps(contact),
             tos_agreed=tos_agreed,
             requester=requester,
+            eab_key_id=eab_key_id,
+            created_ip=created_ip,
             created_at=now,
             updated_at=now,
         )
@@ -179,6 +227,7 @@ class ChallengeRow:
     status: str  # pending | processing | valid | invalid
     validated_at: datetime | None
     error: dict[str, Any] | None
+    started_at: datetime | None = None  # when its validation (last) started
 
 
 @dataclass(frozen=True)
@@ -212,6 +261,7 @@ class OrderRow:
     certificate_serial: str | None
     created_at: datetime
     authz_ids: tuple[int, ...] = ()
+    replaces: str | None = None  # ARI (RFC 9773 §5): serial of the certificate it replaces
 
 
 def _loads(text: str | None) -> dict[str, Any] | None:
@@ -227,6 +277,7 @@ def _challenge(row: Any) -> ChallengeRow:
         status=row.status,
         validated_at=row.validated_at,
         error=_loads(row.error),
+        started_at=row.started_at,
     )
 
 
@@ -252,9 +303,12 @@ def add_order(
     authz_expires: datetime,
     now: datetime,
     wildcards: list[bool],
+    replaces: str | None = None,
+    challenge_types: Sequence[Sequence[str]] | None = None,
 ) -> int:
-    """Insert a pending order, one pending authorization per identifier and one http-01
-    challenge per authorization (a fresh 256-bit token each); the order's id."""
+    """Insert a pending order, one pending authorization per identifier and one challenge per
+    type in ``challenge_types`` (per identifier; default http-01) per authorization (a fresh
+    256-bit token each); the order's id. A wildcard's authorization names the base name."""
     result = conn.execute(
         insert(t.AcmeOrder).values(
             account_id=account_id,
@@ -263,32 +317,36 @@ def add_order(
             profile=profile,
             expires=expires,
             created_at=now,
+            replaces=replaces,
         )
     )
     key = result.inserted_primary_key
     assert key is not None
     order_id = int(key[0])
-    for ident, wildcard in zip(identifiers, wildcards, strict=True):
+    types = challenge_types or [("http-01",)] * len(identifiers)
+    for ident, wildcard, kinds in zip(identifiers, wildcards, types, strict=True):
         authz = conn.execute(
             insert(t.AcmeAuthorization).values(
                 account_id=account_id,
                 order_id=order_id,
                 identifier_type=ident["type"],
-                identifier_value=ident["value"],
+                # RFC 8555 §7.1.4: the authorization of *.x.test is for x.test, wildcard true
+                identifier_value=ident["value"][2:] if wildcard else ident["value"],
                 status="pending",
                 expires=authz_expires,
                 wildcard=wildcard,
             )
         ).inserted_primary_key
         assert authz is not None
-        conn.execute(
-            insert(t.AcmeChallenge).values(
-                authz_id=int(authz[0]),
-                type="http-01",
-                token=secrets.token_urlsafe(32),
-                status="pending",
+        for kind in kinds:
+            conn.execute(
+                insert(t.AcmeChallenge).values(
+                    authz_id=int(authz[0]),
+                    type=kind,
+                    token=secrets.token_urlsafe(32),
+                    status="pending",
+                )
             )
-        )
     return order_id
 
 
@@ -316,6 +374,7 @@ def get_order(db: Database, order_id: int, conn: Connection | None = None) -> Or
         certificate_serial=row.certificate_serial,
         created_at=row.created_at,
         authz_ids=tuple(int(r.id) for r in ids),
+        replaces=row.replaces,
     )
 
 
@@ -388,11 +447,14 @@ def move_challenge(
     *,
     validated_at: datetime | None = None,
     error: dict[str, Any] | None = None,
+    started_at: datetime | None = None,
 ) -> bool:
     """Conditional status change of a challenge; True if this call made it."""
     values: dict[str, Any] = {"status": to_status}
     if validated_at is not None:
         values["validated_at"] = validated_at
+    if started_at is not None:
+        values["started_at"] = started_at
     if error is not None:
         values["error"] = json.dumps(error)
     result = conn.execute(
@@ -421,10 +483,13 @@ def move_order(
     *,
     error: dict[str, Any] | None = None,
     certificate_serial: str | None = None,
+    processing_since: datetime | None = None,
 ) -> bool:
     """Conditional status change of an order (``UPDATE … WHERE status = from``); True if this
     call made it. Concurrent finalizes race on ready → processing and exactly one wins."""
     values: dict[str, Any] = {"status": to_status}
+    if processing_since is not None:
+        values["processing_since"] = processing_since
     if error is not None:
         values["error"] = json.dumps(error)
     if certificate_serial is not None:
@@ -435,3 +500,228 @@ def move_order(
         .values(**values)
     )
     return result.rowcount == 1
+
+
+# Recovery and housekeeping (ca/acme/recovery.py) ---------------------------------------------
+
+
+def orders_processing_since(db: Database, before: datetime) -> list[tuple[int, int, datetime]]:
+    """``(order id, account id, processing_since)`` of orders ``processing`` since before
+    ``before`` (or with no start recorded): finalizes a crash may have cut short."""
+    query = select(t.AcmeOrder.id, t.AcmeOrder.account_id, t.AcmeOrder.processing_since).where(
+        t.AcmeOrder.status == "processing",
+        (t.AcmeOrder.processing_since < before) | (t.AcmeOrder.processing_since.is_(None)),
+    )
+    with db.read() as conn:
+        return [
+            (int(r.id), int(r.account_id), r.processing_since or datetime.min)
+            for r in conn.execute(query.order_by(t.AcmeOrder.id)).all()
+        ]
+
+
+def certificates_of_order(conn: Connection, order_id: int, since: datetime) -> list[str]:
+    """Serials of certificates stored since ``since`` whose metadata names the ACME order."""
+    rows = conn.execute(
+        select(t.Certificate.serial, t.Certificate.meta).where(
+            t.Certificate.created_at >= since, t.Certificate.meta.is_not(None)
+        )
+    ).all()
+    out = []
+    for row in rows:
+        meta = _loads(row.meta) or {}
+        if meta.get("acme_order") == str(order_id):
+            out.append(str(row.serial))
+    return out
+
+
+def pending_intents_of(conn: Connection, requester: str, since: datetime) -> int:
+    """How many issuance intents of ``requester`` made since ``since`` are still pending."""
+    rows = conn.execute(
+        select(t.IssuanceIntent.id).where(
+            t.IssuanceIntent.state == "pending",
+            t.IssuanceIntent.requester == requester,
+            t.IssuanceIntent.created_at >= since,
+        )
+    ).all()
+    return len(rows)
+
+
+def challenges_processing_since(db: Database, before: datetime) -> list[int]:
+    """Ids of challenges ``processing`` since before ``before`` (or with no start recorded)."""
+    query = select(t.AcmeChallenge.id).where(
+        t.AcmeChallenge.status == "processing",
+        (t.AcmeChallenge.started_at < before) | (t.AcmeChallenge.started_at.is_(None)),
+    )
+    with db.read() as conn:
+        return [int(r.id) for r in conn.execute(query.order_by(t.AcmeChallenge.id)).all()]
+
+
+def expire_orders(conn: Connection, now: datetime) -> int:
+    """Mark pending/ready orders past their expiry invalid; the number changed."""
+    result = conn.execute(
+        update(t.AcmeOrder)
+        .where(t.AcmeOrder.status.in_(("pending", "ready")), t.AcmeOrder.expires <= now)
+        .values(
+            status="invalid",
+            error=json.dumps(
+                {
+                    "type": "urn:ietf:params:acme:error:malformed",
+                    "detail": "the order expired before it was finalized",
+                    "status": 403,
+                }
+            ),
+        )
+    )
+    return int(result.rowcount)
+
+
+def expire_authorizations(conn: Connection, now: datetime) -> int:
+    """Mark pending/valid authorizations past their expiry ``expired``; the number changed."""
+    result = conn.execute(
+        update(t.AcmeAuthorization)
+        .where(
+            t.AcmeAuthorization.status.in_(("pending", "valid")),
+            t.AcmeAuthorization.expires <= now,
+        )
+        .values(status="expired")
+    )
+    return int(result.rowcount)
+
+
+# revokeCert and ARI (ca/acme/revocation.py, ca/acme/renewal.py) --------------------------------
+
+
+def valid_authz_identifiers(
+    db: Database, account_id: int, now: datetime
+) -> frozenset[tuple[str, str]]:
+    """The (type, value) identifiers ``account_id`` holds valid, unexpired authorizations for."""
+    query = select(t.AcmeAuthorization.identifier_type, t.AcmeAuthorization.identifier_value).where(
+        t.AcmeAuthorization.account_id == account_id,
+        t.AcmeAuthorization.status == "valid",
+        t.AcmeAuthorization.expires > now,
+    )
+    with db.read() as conn:
+        return frozenset((str(r[0]), str(r[1])) for r in conn.execute(query).all())
+
+
+def replacing_orders(
+    db: Database, serial: str, conn: Connection | None = None
+) -> list[tuple[str, datetime]]:
+    """(status, expires) of the orders whose ``replaces`` is the certificate ``serial``."""
+    query = select(t.AcmeOrder.status, t.AcmeOrder.expires).where(t.AcmeOrder.replaces == serial)
+    with _read(db, conn) as c:
+        return [(str(r.status), r.expires) for r in c.execute(query).all()]
+
+
+# External account binding keys, rate-limit counts, listings (ca/acme/eab.py, limits.py) ---------
+
+
+@dataclass(frozen=True)
+class EabKeyRow:
+    """A stored external account binding key (the HMAC key base64url, as given out)."""
+
+    key_id: str
+    hmac_key: str
+    client: str
+    created_at: datetime
+    expires: datetime
+    account_id: int | None
+    used_at: datetime | None
+
+
+def add_eab_key(
+    conn: Connection, *, key_id: str, hmac_key: str, client: str, now: datetime, expires: datetime
+) -> None:
+    conn.execute(
+        insert(t.AcmeEabKey).values(
+            key_id=key_id, hmac_key=hmac_key, client=client, created_at=now, expires=expires
+        )
+    )
+
+
+def get_eab_key(db: Database, key_id: str, conn: Connection | None = None) -> EabKeyRow | None:
+    with _read(db, conn) as c:
+        row = c.execute(select(t.AcmeEabKey.__table__).where(t.AcmeEabKey.key_id == key_id)).first()
+    return EabKeyRow(**row._mapping) if row else None
+
+
+def list_eab_keys(db: Database) -> list[EabKeyRow]:
+    """Every EAB key, oldest first."""
+    query = select(t.AcmeEabKey.__table__).order_by(t.AcmeEabKey.created_at, t.AcmeEabKey.key_id)
+    with db.read() as c:
+        return [EabKeyRow(**r._mapping) for r in c.execute(query).all()]
+
+
+def delete_unused_eab_key(conn: Connection, key_id: str) -> bool:
+    """Delete a key that bound no account; True if this call deleted it."""
+    result = conn.execute(
+        delete(t.AcmeEabKey).where(t.AcmeEabKey.key_id == key_id, t.AcmeEabKey.account_id.is_(None))
+    )
+    return result.rowcount == 1
+
+
+def use_eab_key(conn: Connection, key_id: str, account_id: int, now: datetime) -> bool:
+    """Mark an unused, unexpired key used by ``account_id`` (``UPDATE … WHERE account_id IS
+    NULL``): of concurrent new-accounts with one key exactly one gets True."""
+    result = conn.execute(
+        update(t.AcmeEabKey)
+        .where(
+            t.AcmeEabKey.key_id == key_id,
+            t.AcmeEabKey.account_id.is_(None),
+            t.AcmeEabKey.expires > now,
+        )
+        .values(account_id=account_id, used_at=now)
+    )
+    return result.rowcount == 1
+
+
+def recent_order_times(
+    db: Database, account_id: int, since: datetime, limit: int
+) -> list[datetime]:
+    """Creation times of the account's newest orders after ``since`` (at most ``limit``)."""
+    query = (
+        select(t.AcmeOrder.created_at)
+        .where(t.AcmeOrder.account_id == account_id, t.AcmeOrder.created_at > since)
+        .order_by(t.AcmeOrder.created_at.desc())
+        .limit(limit)
+    )
+    with db.read() as c:
+        return [r.created_at for r in c.execute(query).all()]
+
+
+def recent_account_times(conn: Connection, ip: str, since: datetime, limit: int) -> list[datetime]:
+    """Creation times of the newest accounts created from ``ip`` after ``since`` (≤ ``limit``)."""
+    query = (
+        select(t.AcmeAccount.created_at)
+        .where(t.AcmeAccount.created_ip == ip, t.AcmeAccount.created_at > since)
+        .order_by(t.AcmeAccount.created_at.desc())
+        .limit(limit)
+    )
+    return [r.created_at for r in conn.execute(query).all()]
+
+
+def list_accounts(db: Database) -> list[AccountRow]:
+    """Every account, by id."""
+    with db.read() as c:
+        rows = c.execute(select(t.AcmeAccount.__table__).order_by(t.AcmeAccount.id)).all()
+    return [_account(r) for r in rows]
+
+
+def account_order_ids(
+    db: Database, account_id: int, now: datetime, after_id: int, limit: int
+) -> list[int]:
+    """Ids (ascending, above ``after_id``) of the account's orders worth listing (RFC 8555
+    §7.1.2.1): not invalid, and pending/ready ones only while unexpired."""
+    query = (
+        select(t.AcmeOrder.id)
+        .where(
+            t.AcmeOrder.account_id == account_id,
+            t.AcmeOrder.id > after_id,
+            t.AcmeOrder.status != "invalid",
+            (t.AcmeOrder.status.not_in(("pending", "ready"))) | (t.AcmeOrder.expires > now),
+        )
+        .order_by(t.AcmeOrder.id)
+        .limit(limit)
+    )
+    with db.read() as c:
+        return [int(r.id) for r in c.execute(query).all()]

@@ -234,16 +234,28 @@ class OcspResponse(Base):
 
 
 class AcmeNonce(Base):
-    """An ACME ``Replay-Nonce`` handed out and not yet used (RFC 8555 §6.5).
+    """An ACME ``Replay-Nonce`` that was used (RFC 8555 §6.5; ``ca/acme/nonces.py``).
 
-    Shared by every worker and node: using a nonce deletes its row, and only the request whose
-    ``DELETE`` removed it proceeds. Rows older than ``[acme] nonce_lifetime_seconds`` are purged.
+    Nonces are MAC'd, not stored, when handed out; using one inserts its row, and the primary
+    key lets exactly one request across every worker and node do so. ``created_at`` is the
+    nonce's issue time: rows older than ``[acme] nonce_lifetime_seconds`` are purged, since
+    such a nonce fails its age check anyway.
     """
 
     __tablename__ = "acme_nonces"
 
     nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class AcmeNonceKey(Base):
+    """The HMAC key of ACME nonces, shared by every worker and node (one row, made at first use)."""
+
+    __tablename__ = "acme_nonce_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))  # base64url of 32 random octets
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class AcmeAccount(Base):

@@ -63,6 +63,9 @@ class LiveApi:
         return verify_chain(self.env.auth.db.audit_entries())
 
 
+_NO_IP_LIMIT = {"HSMCA_ACME_NEW_ACCOUNTS_PER_IP_PER_HOUR": "0"}
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live_database_backend(request: pytest.FixtureRequest) -> str:
     """The store behind ``live_api``; a module may override this with one backend."""
@@ -101,7 +104,9 @@ def live_api(
     env = make_ca_env(tmp_path_factory.mktemp("live"), token, pin, live_database_url)
     if live_config_extra:
         write_config(env.data_dir, token, live_database_url, extra=live_config_extra)
-    server = start_server(Path(env.data_dir), workers=2, threads=8)
+    # Every test connects from 127.0.0.1: no per-IP account limit unless the module sets one.
+    limits = {} if "new_accounts_per_ip_per_hour" in live_config_extra else _NO_IP_LIMIT
+    server = start_server(Path(env.data_dir), workers=2, threads=8, env=limits)
     try:
         yield LiveApi(env, server, live_database_url)
     finally:

@@ -68,6 +68,8 @@ def test_directory_lists_only_what_exists(acme):
         "newAccount": f"{BASE}/acme/new-account",
         "newOrder": f"{BASE}/acme/new-order",
         "keyChange": f"{BASE}/acme/key-change",
+        "revokeCert": f"{BASE}/acme/revoke-cert",
+        "renewalInfo": f"{BASE}/acme/renewal-info",
         "meta": {
             "termsOfService": "https://ca.test/tos",
             "externalAccountRequired": False,
@@ -85,7 +87,7 @@ def test_new_nonce_head_and_get(acme):
     for resp in (head, get):
         assert resp.headers["Cache-Control"] == "no-store"
         assert resp.headers["Link"] == f'<{BASE}/acme/directory>;rel="index"'
-        assert len(resp.headers["Replay-Nonce"]) == 43
+        assert len(resp.headers["Replay-Nonce"]) == 54  # base64url of time, random, MAC
     assert head.headers["Replay-Nonce"] != get.headers["Replay-Nonce"]
 
 

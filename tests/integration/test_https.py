@@ -22,96 +22,38 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from helpers import openssl
+from serve import (
+    Server,
+    alive,
+    clean_env,
+    cmdline,
+    free_port,
+    listening,
+    run,
+    start_server,
+    wait_until,
+)
 
 from ca.config import ServerConfig
 from web import create_app
-
-HSMCA = str(Path(sys.executable).parent / "hsmca")
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return {**base, **(extra or {})}
-
-
-def run(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(data_dir), *args],
-        env=_env(env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def tls_check(data: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """What `hsmca serve` runs before it starts the listeners."""
     return subprocess.run(
         [sys.executable, "-m", "hsmca.server", "tls"],
-        env=_env({"HSMCA_HOME": str(data), **(env or {})}),
+        env=clean_env({"HSMCA_HOME": str(data), **(env or {})}),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_until(predicate, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, str, bytes]:
@@ -134,81 +76,6 @@ def initialised(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "https: issued HTTPS certificate serial" in proc.stdout
     (data / "root.pem").write_text(run(data, "ca", "show", "root", "--pem").stdout)
     return data
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    https_port: int
-    root: Path
-    log: Path
-    known: set[int] = field(default_factory=set)
-
-    def processes(self) -> set[int]:
-        """The processes below serve now (remembered, so orphans can be found later)."""
-        below = descendants(self.proc.pid)
-        self.known |= below
-        return below
-
-    def workers_up(self) -> set[int]:
-        """Wait for 2 HTTPS workers, the plain arbiter and its 2 workers, and the scheduler;
-        returns their pids."""
-        wait_until(lambda: len(self.processes()) == 6, 30, "all workers")
-        return self.processes()
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def https(self) -> str:
-        return f"https://127.0.0.1:{self.https_port}"
-
-    def context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.root))
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.processes()
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            self.kill_leftovers()
-
-    def kill_leftovers(self) -> None:
-        if self.proc.poll() is None:
-            self.processes()
-            self.proc.kill()
-            self.proc.wait()
-        for pid in self.known:
-            if alive(pid) and "hsmca" in _cmdline(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-def start_server(
-    data: Path, tmp_path: Path, env: dict[str, str] | None = None, https: bool = True
-) -> Server:
-    http_port, https_port = free_port(), free_port()
-    log = tmp_path / f"serve-{http_port}.log"
-    args = [HSMCA, "--data-dir", str(data), "serve", "--bind", f"127.0.0.1:{http_port}"]
-    args += ["--https-bind", f"127.0.0.1:{https_port}" if https else "", "--workers", "2"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=_env(env), stdout=out, stderr=subprocess.STDOUT)
-    server = Server(proc, http_port, https_port, data / "root.pem", log)
-    ports = [http_port, https_port] if https else [http_port]
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or all(listening(p) for p in ports),
-            60,
-            "the listeners",
-        )
-        assert proc.poll() is None, log.read_text()
-    except BaseException:
-        server.stop()
-        raise
-    return server
 
 
 @pytest.fixture
@@ -352,7 +219,7 @@ def test_tls_is_1_2_or_newer_and_openssl_verifies_the_server_certificate(server,
 def test_a_signal_to_serve_stops_both_listeners_and_leaves_no_process(initialised, launch, sig):
     srv = launch()
     below = srv.workers_up()
-    argv = " ".join(_cmdline(p) for p in {srv.proc.pid, *below})
+    argv = " ".join(cmdline(p) for p in {srv.proc.pid, *below})
     assert "hsmca.server plain" in argv
     assert srv.stop(sig) == 0
     assert not listening(srv.http_port) and not listening(srv.https_port)
@@ -379,7 +246,7 @@ def test_serve_stops_with_status_1_if_the_plain_listener_dies(launch):
     (arbiter,) = [
         p
         for p in srv.workers_up()
-        if _ppid(p) == srv.proc.pid and "hsmca.server plain" in _cmdline(p)
+        if _ppid(p) == srv.proc.pid and "hsmca.server plain" in cmdline(p)
     ]
     os.kill(arbiter, signal.SIGKILL)
     assert srv.proc.wait(timeout=60) == 1
@@ -412,13 +279,6 @@ def _ppid(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except OSError:
         return 0
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 @pytest.mark.hsm
@@ -575,7 +435,7 @@ def test_server_section_normalises_names_and_accepts_ip_listeners():
 def test_serve_runs_the_scheduler_and_stops_it_with_the_servers(launch):
     srv = launch()
     below = srv.workers_up()
-    scheduler = [p for p in below if "hsmca.scheduler" in _cmdline(p)]
+    scheduler = [p for p in below if "hsmca.scheduler" in cmdline(p)]
     assert len(scheduler) == 1
     # Active, or standing by when the module's long-running server holds the scheduler lock.
     wait_until(

@@ -25,15 +25,31 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from ca.acme import accounts as core_accounts
 from ca.acme.errors import AcmeError
 from ca.authority import Authority
 from ca.errors import CAError, HsmUnavailable, StoreError
-from web.acme import accounts, orders
-from web.acme.http import PROBLEM_JSON, AcmeHttp
+from web.acme import accounts, orders, renewal, revocation
+from web.acme.http import MAX_ID, PROBLEM_JSON, AcmeHttp
+
+#: ``app.extensions`` key of the blueprint's answer to routing errors under /acme.
+_ROUTING_ERROR = "hsmca.acme.routing_error"
+
+
+def routing_problem(exc: HTTPException) -> Response | None:
+    """The ACME problem for a 404/405 that URL routing raised under ``/acme``; None elsewhere.
+
+    Routing fails before a blueprint is chosen, so the blueprint's own error handlers never see
+    such errors: the app's 404/405 handlers ask here first, so that every ACME URL answers with
+    an ACME problem and a fresh nonce (RFC 8555 §6.7), unknown ones included.
+    """
+    if request.path != "/acme" and not request.path.startswith("/acme/"):
+        return None
+    handler: Callable[[HTTPException], Response] | None = current_app.extensions.get(_ROUTING_ERROR)
+    return handler(exc) if handler is not None else None
 
 
 def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
@@ -60,7 +76,28 @@ def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
         status = exc.code or 500
         if status >= 500:
             return h.problem(AcmeError("serverInternal", "internal error", status))
-        return h.problem(AcmeError("malformed", exc.description or exc.name, status))
+        detail = {
+            404: "no such ACME resource",
+            405: f"{request.method[:10]} is not allowed on this ACME resource",
+        }.get(status, exc.description or exc.name)
+        # A 405 says which methods the resource has (RFC 9110 §15.5.6).
+        allow = {name: value for name, value in exc.get_headers() if name == "Allow"}
+        return h.problem(AcmeError("malformed", detail, status), allow)
+
+    def routing_error(exc: HTTPException) -> Response:
+        return _enabled() or http_error(exc)
+
+    bp.record_once(lambda state: state.app.extensions.setdefault(_ROUTING_ERROR, routing_error))
+
+    @bp.url_value_preprocessor
+    def _ids(endpoint: str | None, values: dict[str, Any] | None) -> None:
+        # An id no row can have (0, or past the 32-bit id columns) names nothing: answer 404
+        # without asking the database, which would overflow (SQLite 64 bits, PostgreSQL 32).
+        if not h.auth().config.acme.enabled:
+            return  # _enabled answers
+        for name, value in (values or {}).items():
+            if name.endswith("_id") and isinstance(value, int) and not 0 < value <= MAX_ID:
+                raise AcmeError("malformed", "no such resource", 404)
 
     @bp.before_request
     def _enabled() -> Response | None:
@@ -101,4 +138,6 @@ def acme_blueprint(authority: Callable[[], Authority]) -> Blueprint:
 
     accounts.register(bp, h)
     orders.register(bp, h)
+    revocation.register(bp, h)
+    renewal.register(bp, h)
     return bp

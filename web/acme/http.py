@@ -8,13 +8,14 @@ themselves to the directory through :attr:`AcmeHttp.directory`.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 from flask import Response, request, url_for
 
-from ca.acme import orders
+from ca.acme import orders, renewal
 from ca.acme.errors import AcmeError, malformed
 from ca.acme.jws import Jws, key_from_jwk, parse, verify
 from ca.authority import Authority
@@ -84,11 +85,17 @@ class AcmeHttp:
     # Authentication -----------------------------------------------------------------------------
 
     def read_body(self, limit: int) -> bytes:
+        """The body: 415 unless ``application/jose+json``, 413 if over ``limit`` bytes."""
         if request.mimetype != JOSE_JSON:
             raise AcmeError("malformed", f"the Content-Type must be {JOSE_JSON}", 415)
+        too_large = AcmeError("malformed", f"the body is larger than {limit} bytes", 413)
         if request.content_length is not None and request.content_length > limit:
-            raise AcmeError("malformed", f"the body is larger than {limit} bytes", 413)
-        return request.get_data(cache=False)
+            raise too_large
+        # A chunked body has no Content-Length: read one byte past the limit, never more.
+        body = read_at_most(request.stream, limit + 1)
+        if len(body) > limit:
+            raise too_large
+        return body
 
     def parse_request(self) -> Jws:
         """Parse the request's JWS and use its nonce (signature not yet verified)."""
@@ -128,10 +135,8 @@ class AcmeHttp:
         prefix = request.url_root + "acme/acct/"
         if not kid.startswith(prefix):
             raise malformed(f"kid must be an account URL of this server ({prefix}ID)")
-        rest = kid[len(prefix) :]
-        account = None
-        if rest.isascii() and rest.isdigit() and len(rest) <= 18:
-            account = store.get_account(self.auth().db, int(rest))
+        account_id = parse_id(kid[len(prefix) :])
+        account = None if account_id is None else store.get_account(self.auth().db, account_id)
         if account is None:
             raise AcmeError("accountDoesNotExist", "no such account")
         return account
@@ -166,6 +171,8 @@ class AcmeHttp:
             body["error"] = order.error
         if order.certificate_serial and order.status == "valid":
             body["certificate"] = self.certificate_url(order.certificate_serial)
+        if order.replaces:  # RFC 9773 §5: the certID the client sent
+            body["replaces"] = renewal.cert_id_of_serial(self.auth().db, order.replaces)
         return body
 
     def challenge_json(self, ch: ChallengeRow) -> dict[str, Any]:
@@ -203,6 +210,32 @@ class AcmeHttp:
         if authz is None or authz.account_id != account.id:
             raise AcmeError("malformed", "no such authorization", 404)
         return authz
+
+
+#: Row ids are 32-bit integer columns (PostgreSQL ``integer``): a larger id names nothing.
+MAX_ID = 2**31 - 1
+_ID = re.compile(r"[1-9][0-9]{0,9}")
+
+
+def parse_id(text: str) -> int | None:
+    """The row id written exactly as the server writes it (no sign, no leading zero), or None."""
+    if not _ID.fullmatch(text):
+        return None
+    value = int(text)
+    return value if value <= MAX_ID else None
+
+
+def read_at_most(stream: IO[bytes], size: int) -> bytes:
+    """Up to ``size`` bytes of ``stream`` (reads may return short, so loop)."""
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = stream.read(min(left, 65536))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def rfc3339(value: datetime) -> str:

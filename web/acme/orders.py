@@ -7,16 +7,16 @@ import base64
 import binascii
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response
 
-from ca.acme import http01, orders
+from ca.acme import orders, validation
 from ca.acme.errors import AcmeError, malformed
 from ca.authority import Authority
 from ca.store import acme as store
-from ca.store.acme import AccountRow, AuthzRow, ChallengeRow
 from web.acme.http import PEM_CHAIN, AcmeHttp
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
                 "invalidProfile",
                 f"profile {profile[:64]!r} is not offered (directory meta.profiles)",
             )
-        order = orders.create_order(h.auth(), acct, payload.get("identifiers"), profile)
+        order = orders.create_order(
+            h.auth(), acct, payload.get("identifiers"), profile, replaces=payload.get("replaces")
+        )
         return h.reply(h.order_json(order), 201, h.order_url(order.id))
 
     @bp.post("/order/<int:order_id>")
@@ -68,7 +70,8 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
         found = h.owned_authz(authz_id, acct)
         if not jws.post_as_get:
             payload = jws.json()
-            if payload.get("status") != "deactivated" or set(payload) != {"status"}:
+            # Only status matters: clients such as lego send the whole (empty) resource.
+            if payload.get("status") != "deactivated":
                 raise malformed('an authorization may only be updated to {"status": "deactivated"}')
             found = orders.deactivate_authz(h.auth(), acct, found)
         resp = h.reply(h.authz_json(found), 200, h.authz_url(authz_id))
@@ -93,7 +96,17 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
             started = orders.start_challenge(a, found, ch)
             current = started.challenge
             if started.validate:
-                _VALIDATORS.submit(_validate, a, acct, found, current)
+                check = _VALIDATORS.submit(_validate, a, current.id)
+                # A check that is done within a moment answers in this response, sparing the
+                # client a poll (Retry-After is whole seconds); a slow one goes on behind it.
+                wait = a.config.acme.validation_answer_wait_ms / 1000
+                if wait > 0:
+                    try:
+                        check.result(timeout=wait)
+                    except FutureTimeout:
+                        pass
+                    else:
+                        current = store.get_challenge(a.db, current.id) or current
         resp = h.reply(h.challenge_json(current), 200)
         resp.headers["Link"] = f'{h.index_link()}, <{h.authz_url(found.id)}>;rel="up"'
         if current.status == "processing":
@@ -133,22 +146,9 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
         return h.decorate(Response(pem, status=200, mimetype=PEM_CHAIN))
 
 
-def _validate(auth: Authority, account: AccountRow, authz: AuthzRow, ch: ChallengeRow) -> None:
+def _validate(auth: Authority, challenge_id: int) -> None:
     """Run one validation and record its outcome (in a validator thread)."""
-    cfg = auth.config.acme
     try:
-        error = http01.validate(
-            authz.identifier_type,
-            authz.identifier_value,
-            ch.token,
-            orders.key_authorization(ch.token, account.key_thumbprint),
-            port=cfg.validation_http01_port,
-            resolve_to=cfg.validation_resolve_to,
-        )
-    except Exception as exc:  # never leave the challenge processing on a validator bug
-        log.exception("%s validation of challenge %s failed", ch.type, ch.id)
-        error = f"validation failed: {type(exc).__name__}"
-    try:
-        orders.finish_challenge(auth, account.id, authz, ch.id, error)
-    except Exception:
-        log.exception("recording the %s outcome of challenge %s failed", ch.type, ch.id)
+        validation.run_validation(auth, challenge_id)
+    except Exception:  # a store outage: the recovery job re-runs what stays processing
+        log.exception("validating challenge %s failed", challenge_id)
