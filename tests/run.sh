@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
-for pkg in softhsm2 opensc openssl postgresql python3-venv; do
+# lego (Debian) is one of the ACME clients tests/interop/test_acme_clients.py runs.
+for pkg in softhsm2 opensc openssl postgresql python3-venv lego; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 # nginx staples our OCSP responses in tests/interop/test_nginx_stapling.py (any nginx build will do).

@@ -48,8 +48,13 @@ _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def new_key_material() -> tuple[str, str]:
-    """A fresh ``(key id, HMAC key)``: 144 random bits of id, 256 bits of key, both base64url."""
-    return secrets.token_urlsafe(18), b64url_encode(secrets.token_bytes(HMAC_KEY_BYTES))
+    """A fresh ``(key id, HMAC key)``: ``eab_`` and 128 random bits in hex for the id, 256 bits
+    of key in base64url, never starting with ``-`` (it would read as an option on command lines
+    such as ``certbot --eab-hmac-key KEY``)."""
+    key = b64url_encode(secrets.token_bytes(HMAC_KEY_BYTES))
+    while key.startswith("-"):
+        key = b64url_encode(secrets.token_bytes(HMAC_KEY_BYTES))
+    return "eab_" + secrets.token_hex(16), key
 
 
 @dataclass(frozen=True)

@@ -276,6 +276,12 @@ def refresh_order(db: Database, order: OrderRow, now: datetime) -> OrderRow:
     """The order with expiry applied to it and its authorizations (stored if anything moved)."""
     if order.status not in ("pending", "ready"):
         return order
+    # Polls are frequent and mostly change nothing: look first, write only if something moves.
+    states = store.authz_states(db, order.id)
+    effective = [authz_status(status, expires, now) for status, expires in states]
+    unchanged = all(e == s for e, (s, _) in zip(effective, states, strict=True))
+    if unchanged and order_status(order.status, effective, order.expires, now) == order.status:
+        return order
     with db.write() as conn:
         for authz_id in order.authz_ids:
             authz = store.get_authz(db, authz_id, conn)

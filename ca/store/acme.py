@@ -429,6 +429,17 @@ def authz_statuses(conn: Connection, order_id: int) -> list[str]:
     return [str(r.status) for r in rows]
 
 
+def authz_states(db: Database, order_id: int) -> list[tuple[str, datetime]]:
+    """``(status, expires)`` of each of an order's authorizations (one read)."""
+    with db.read() as conn:
+        rows = conn.execute(
+            select(t.AcmeAuthorization.status, t.AcmeAuthorization.expires).where(
+                t.AcmeAuthorization.order_id == order_id
+            )
+        ).all()
+    return [(str(r.status), r.expires) for r in rows]
+
+
 def get_challenge(
     db: Database, challenge_id: int, conn: Connection | None = None
 ) -> ChallengeRow | None:

@@ -3,6 +3,7 @@ signed request replayed by 20 threads at once (nonces are single use across work
 
 from __future__ import annotations
 
+import json
 import threading
 
 import josepy as jose
@@ -10,6 +11,7 @@ import pytest
 import requests
 from acme import client as acme_client
 from acme import errors as acme_errors
+from acme import jws as acme_jws
 from acme import messages
 from acmejws import encode, sign
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -101,3 +103,49 @@ def test_one_nonce_replayed_by_20_threads_succeeds_once(live_api):
     assert len(results) == 20
     assert sorted(results).count((201, "")) == 1, results
     assert sorted(results).count((400, "urn:ietf:params:acme:error:badNonce")) == 19, results
+
+
+def test_acme_library_rolls_the_account_key_over(live_api):
+    """RFC 8555 §7.3.5 with the library's JWS: the inner JWS (new key, jwk, no nonce) inside an
+    outer one by the old key; afterwards the new key finds the account, the old one does not."""
+    seq = live_api.audit_seq()
+    old = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    acme, net = client_for(live_api, old, jose.ES256)
+    regr = acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
+    new = jose.JWKRSA(key=rsa.generate_private_key(65537, 2048))
+    url = acme.directory["keyChange"]
+    # The library's ACME JWS with no nonce: alg, jwk and url protected (RFC 8555 §7.3.5).
+    inner = acme_jws.JWS.sign(
+        json.dumps({"account": regr.uri, "oldKey": old.public_key().to_partial_json()}).encode(),
+        key=new,
+        alg=jose.RS256,
+        nonce=None,
+        url=url,
+    )
+    acme._post(url, _Inner(inner.to_partial_json()))
+
+    renewed, _ = client_for(live_api, new, jose.RS256)
+    # The library reports an existing account (200 + Location) as a conflict naming it.
+    with pytest.raises(acme_errors.ConflictError) as found:
+        renewed.new_account(messages.NewRegistration.from_data(only_return_existing=True))
+    assert found.value.location == regr.uri
+    stale, _ = client_for(live_api, old, jose.ES256)
+    with pytest.raises(messages.Error) as err:
+        stale.new_account(messages.NewRegistration.from_data(only_return_existing=True))
+    assert err.value.typ == "urn:ietf:params:acme:error:accountDoesNotExist"
+    actions = [e.action for e in live_api.audit_since(seq)]
+    assert actions == ["acme.account.created", "acme.account.key-changed"]
+
+
+class _Inner(jose.JSONDeSerializable):
+    """A ready-made JSON payload for ``ClientV2._post`` (the inner JWS of a key change)."""
+
+    def __init__(self, body: dict) -> None:
+        self.body = body
+
+    def to_partial_json(self) -> dict:
+        return self.body
+
+    @classmethod
+    def from_json(cls, jobj: object) -> _Inner:
+        raise NotImplementedError

@@ -7,6 +7,8 @@ twice, no stored certificate lost, the client able to carry on, every change aud
 
 from __future__ import annotations
 
+import http.server
+import threading
 from datetime import timedelta
 
 import pytest
@@ -17,6 +19,8 @@ from sqlalchemy import update
 from ca.acme import accounts, orders, recovery
 from ca.acme.jws import jwk_of, thumbprint
 from ca.audit import verify_chain
+from ca.authority import Authority
+from ca.config import AcmeConfig
 from ca.issuance import IssuanceRequest, issue, recover_intents
 from ca.store import acme as store
 from ca.store import tables as t
@@ -130,3 +134,54 @@ def test_expired_orders_and_authorizations_are_marked(ca_env):
     current = store.get_order(auth.db, order.id)
     assert current.status == "invalid" and "expired" in current.error["detail"]
     assert store.get_authz(auth.db, current.authz_ids[0]).status == "expired"
+
+
+def test_a_challenge_left_processing_by_a_dead_worker_is_validated_again(ca_env):
+    # The client is still serving its key authorization; the worker that was checking it died.
+    answers: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = answers.get(self.path.rsplit("/", 1)[-1], "").encode()
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        acme = AcmeConfig(
+            validation_resolve_to="127.0.0.1", validation_http01_port=server.server_address[1]
+        )
+        auth = Authority(
+            config=ca_env.config.model_copy(update={"acme": acme}),
+            db=ca_env.auth.db,
+            keys=ca_env.auth.keys,
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = jwk_of(key.public_key())
+        acct = accounts.find_or_create(auth.db, auth.now(), jwk, thumbprint(jwk), [], True).account
+        order = orders.create_order(
+            auth, acct, [{"type": "dns", "value": "stuck.acme.test"}], "server"
+        )
+        authz = store.get_authz(auth.db, order.authz_ids[0])
+        (ch,) = [c for c in authz.challenges if c.type == "http-01"]
+        answers[ch.token] = orders.key_authorization(ch.token, acct.key_thumbprint)
+        started = orders.start_challenge(auth, authz, ch)  # … and then the worker was killed
+        assert started.challenge.status == "processing"
+
+        assert not recovery.run_once(auth, auth.now()).challenges_rerun  # may still be running
+        later = auth.now() + recovery.validation_patience(acme.validation_timeout_seconds)
+        report = recovery.run_once(auth, later + timedelta(seconds=1))
+        assert report.challenges_rerun == (ch.id,)
+        assert store.get_challenge(auth.db, ch.id).status == "valid"
+        assert orders.refresh_order(auth.db, order, auth.now()).status == "ready"
+        assert [e.subject for e in auth.db.audit_events("acme.authorization.valid")] == [
+            f"acme-authz:{authz.id}"
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -76,6 +76,13 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Acme]:
         "HSMCA_ACME_NEW_ACCOUNTS_PER_IP_PER_HOUR": "0",
         "HSMCA_CRL_REVOCATION_DELAY_SECONDS": "2",
     }
+    # Wildcards need dns-01 and a profile that allows them: let the default profile do so.
+    config = data / "hsmca.toml"
+    text = config.read_text()
+    head, sep, rest = text.partition("[profiles.server]")
+    config.write_text(
+        head + sep + rest.replace("allow_wildcards = false", "allow_wildcards = true", 1)
+    )
     server = start_server(data, base, env=env)
     try:
         yield Acme(server, data, root, base, http01, tlsalpn01, dns, records)
@@ -152,9 +159,14 @@ def check_chain(acme: Acme, fullchain: Path, names: list[str], tmp_path: Path) -
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
     for cert in certs:
-        assert pkilint_findings("lint_pkix_cert", cert.public_bytes(PEM), tmp_path) == [], (
-            cert.subject
-        )
+        findings = pkilint_findings("lint_pkix_cert", cert.public_bytes(PEM), tmp_path)
+        # RFC 5280's preferred name syntax has no wildcards; the CA/B linter below checks them.
+        findings = [f for f in findings if not ("invalid_domain_name_syntax" in f and '"*.' in f)]
+        assert findings == [], cert.subject
+    # The leaf also as a TLS server certificate (CA/B Forum BR): a private CA names internal
+    # names, and that is the only finding allowed.
+    findings = pkilint_findings("lint_cabf_serverauth_cert", leaf.public_bytes(PEM), tmp_path, "-d")
+    assert [f for f in findings if "cabf.internal_domain_name" not in f] == []
     san = leaf.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
     assert sorted(san.get_values_for_type(x509.DNSName)) == sorted(names)
     return leaf
@@ -255,3 +267,47 @@ def test_lego_issues_renews_and_revokes_with_http01(acme, tmp_path):
     lego(acme, "--domains", name, "revoke", "--reason", "1", "--keep")
     leaf.write_bytes(x509.load_pem_x509_certificates(bundle.read_bytes())[0].public_bytes(PEM))
     assert ocsp_status(acme, leaf, issuer) == "revoked"
+
+
+def test_lego_issues_with_tls_alpn01_for_a_name(acme, tmp_path):
+    name = "lego-tls.acme.test"
+    lego(acme, "--domains", name, "--tls", "--tls.port", f"127.0.0.1:{acme.tlsalpn01_port}", "run")
+    bundle, _ = lego_paths(acme, name)
+    check_chain(acme, bundle, [name], tmp_path)
+
+
+def test_lego_issues_a_wildcard_with_dns01_through_its_exec_provider(acme, tmp_path):
+    # lego's exec provider runs this with "present|cleanup FQDN VALUE"; the DNS server the CA
+    # asks re-reads the file on every query.
+    hook = acme.work / "dns-hook.sh"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f'exec "{sys.executable}" "{HERE / "dnsserver.py"}" --records "{acme.dns_records}" "$@"\n'
+    )
+    hook.chmod(0o755)
+    names = ["lego-dns.acme.test", "*.lego-dns.acme.test"]
+    args = [a for n in names for a in ("--domains", n)]
+    resolver = f"127.0.0.1:{acme.dns_port}"
+    env = {
+        "EXEC_PATH": str(hook),
+        "EXEC_POLLING_INTERVAL": "1",
+        "EXEC_PROPAGATION_TIMEOUT": "30",
+        # the exec provider solves one name at a time, 60 s apart unless told otherwise
+        "EXEC_SEQUENCE_INTERVAL": "1",
+    }
+    lego(
+        acme,
+        *args,
+        "--dns",
+        "exec",
+        "--dns.resolvers",
+        resolver,
+        "--dns.disable-cp",
+        "run",
+        env=env,
+    )
+    bundle, _ = lego_paths(acme, names[0])
+    check_chain(acme, bundle, names, tmp_path)
+    # lego cleaned up after itself: no challenge records are left.
+    left = json.loads(acme.dns_records.read_text() or "{}")
+    assert not any(v.get("TXT") for v in left.values()), left

@@ -86,6 +86,12 @@ def test_new_key_material_is_random_base64url_of_32_bytes():
     assert "=" not in key1 and "+" not in key1 and "/" not in key1
 
 
+def test_key_ids_and_keys_never_read_as_command_line_options():
+    for _ in range(500):
+        kid, key = new_key_material()
+        assert kid.startswith("eab_") and not key.startswith("-")
+
+
 @pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
 def test_binding_made_by_the_acme_library_verifies(account_key, material, alg):
     key_id, hmac_key = material
