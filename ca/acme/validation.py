@@ -17,7 +17,7 @@ from ca.acme.orders import authz_status, finish_challenge, key_authorization
 from ca.authority import Authority
 from ca.config import AcmeConfig
 from ca.store import acme as store
-from ca.store.acme import ChallengeRow
+from ca.store.acme import AccountRow, AuthzRow, ChallengeRow
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +88,30 @@ def validate_challenge(
         raise AcmeError("serverInternal", f"no validator for {challenge_type[:20]!r}", 500)
 
 
-def run_validation(auth: Authority, challenge_id: int) -> ChallengeRow | None:
+def run_validation(
+    auth: Authority,
+    challenge_id: int,
+    started: tuple[ChallengeRow, AuthzRow, AccountRow] | None = None,
+) -> ChallengeRow | None:
     """Validate the ``processing`` challenge ``challenge_id`` and record the outcome; the
     challenge as it is afterwards (None if there is no such challenge). A challenge that is
     not processing is left alone; one whose authorization is no longer pending (expired,
-    deactivated) fails without a network check."""
-    ch = store.get_challenge(auth.db, challenge_id)
-    if ch is None or ch.status != "processing":
-        return ch
-    authz = store.get_authz(auth.db, ch.authz_id)
-    account = store.get_account(auth.db, authz.account_id) if authz is not None else None
+    deactivated) fails without a network check.
+
+    ``started``: the rows as the request that just started the challenge has them (saves
+    reading them again); the recovery job passes nothing and they are read.
+    """
+    if started is not None:
+        ch, authz_row, account_row = started
+        authz: AuthzRow | None = authz_row
+        account: AccountRow | None = account_row
+    else:
+        found = store.get_challenge(auth.db, challenge_id)
+        if found is None or found.status != "processing":
+            return found
+        ch = found
+        authz = store.get_authz(auth.db, ch.authz_id)
+        account = store.get_account(auth.db, authz.account_id) if authz is not None else None
     if authz is None or account is None:
         log.error("challenge %s has no authorization or account", challenge_id)
         return ch

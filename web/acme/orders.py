@@ -17,6 +17,7 @@ from ca.acme import orders, validation
 from ca.acme.errors import AcmeError, malformed
 from ca.authority import Authority
 from ca.store import acme as store
+from ca.store.acme import AccountRow, AuthzRow, ChallengeRow
 from web.acme.http import PEM_CHAIN, AcmeHttp
 
 log = logging.getLogger(__name__)
@@ -96,17 +97,15 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
             started = orders.start_challenge(a, found, ch)
             current = started.challenge
             if started.validate:
-                check = _VALIDATORS.submit(_validate, a, current.id)
+                check = _VALIDATORS.submit(_validate, a, current, found, acct)
                 # A check that is done within a moment answers in this response, sparing the
                 # client a poll (Retry-After is whole seconds); a slow one goes on behind it.
                 wait = a.config.acme.validation_answer_wait_ms / 1000
                 if wait > 0:
                     try:
-                        check.result(timeout=wait)
+                        current = check.result(timeout=wait) or current
                     except FutureTimeout:
                         pass
-                    else:
-                        current = store.get_challenge(a.db, current.id) or current
         resp = h.reply(h.challenge_json(current), 200)
         resp.headers["Link"] = f'{h.index_link()}, <{h.authz_url(found.id)}>;rel="up"'
         if current.status == "processing":
@@ -146,9 +145,12 @@ def register(bp: Blueprint, h: AcmeHttp) -> None:
         return h.decorate(Response(pem, status=200, mimetype=PEM_CHAIN))
 
 
-def _validate(auth: Authority, challenge_id: int) -> None:
-    """Run one validation and record its outcome (in a validator thread)."""
+def _validate(
+    auth: Authority, ch: ChallengeRow, authz: AuthzRow, account: AccountRow
+) -> ChallengeRow | None:
+    """Run one validation and record its outcome (in a validator thread); the challenge after."""
     try:
-        validation.run_validation(auth, challenge_id)
+        return validation.run_validation(auth, ch.id, started=(ch, authz, account))
     except Exception:  # a store outage: the recovery job re-runs what stays processing
-        log.exception("validating challenge %s failed", challenge_id)
+        log.exception("validating challenge %s failed", ch.id)
+        return None
