@@ -461,6 +461,49 @@ class AcmeConfig(_Section):
         return value
 
 
+class AuditConfig(_Section):
+    """``[audit]``: signed checkpoints of the audit chain and their external witnesses."""
+
+    key: str = Field("ec:P-256", description="key type of the audit key (generated in the HSM)")
+    checkpoint_every_events: int = Field(
+        1000, ge=1, le=10_000_000, description="sign a checkpoint after this many new events"
+    )
+    checkpoint_every_seconds: int = Field(
+        300,
+        ge=5,
+        le=86400,
+        description="also sign one when the newest is this old and events came since",
+    )
+    witness_file: str = Field(
+        "",
+        description="append each checkpoint as a JSON line to this file (relative: to the data "
+        "directory); keep it on other storage than the database; empty: none",
+    )
+    witness_syslog: bool = Field(False, description="also send each checkpoint to syslog")
+    witness_webhook: str = Field(
+        "", description="also POST each checkpoint (JSON) to this http(s) URL; empty: none"
+    )
+
+    @field_validator("witness_webhook")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must be empty or an http(s):// URL")
+        return value
+
+
+class UiConfig(_Section):
+    """``[ui]``: the compliance view under ``/ui`` on the HTTPS listener."""
+
+    enabled: bool = Field(True, description="serve /ui; false: every /ui path is 404")
+    session_minutes: int = Field(
+        60, ge=5, le=1440, description="a sign-in lasts this long without activity"
+    )
+    max_failed_logins: int = Field(
+        5, ge=1, le=1000, description="failed sign-ins per name or address in 15 minutes"
+    )
+
+
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
@@ -473,6 +516,8 @@ class AppConfig(_Section):
     crl: CrlConfig = Field(default_factory=CrlConfig)
     ocsp: OcspConfig = Field(default_factory=OcspConfig)
     acme: AcmeConfig = Field(default_factory=AcmeConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -542,6 +587,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("crl", CrlConfig),
             ("ocsp", OcspConfig),
             ("acme", AcmeConfig),
+            ("audit", AuditConfig),
+            ("ui", UiConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -632,6 +679,8 @@ def render_toml(config: AppConfig) -> str:
         "crl": CrlConfig,
         "ocsp": OcspConfig,
         "acme": AcmeConfig,
+        "audit": AuditConfig,
+        "ui": UiConfig,
     }
     for section, model in models.items():
         lines.append(f"[{section}]")

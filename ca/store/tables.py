@@ -346,3 +346,57 @@ class AcmeChallenge(Base):
     validated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     error: Mapped[str | None] = mapped_column(Text)  # JSON problem document
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # validation started
+
+
+class AuditCheckpoint(Base):
+    """A signed chain head: ``(seq, hash, time)`` signed in the HSM by the audit key.
+
+    Each is also written to the configured external witnesses, so rolling the database back or
+    truncating the chain shows against them.
+    """
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)  # the chain head signed
+    hash: Mapped[str] = mapped_column(String(64))  # hex of that event's hash
+    time: Mapped[str] = mapped_column(String(40))  # RFC 3339 UTC, exactly as signed
+    key_serial: Mapped[str] = mapped_column(String(64))  # serial of the audit certificate
+    algorithm: Mapped[str] = mapped_column(String(32))  # e.g. ecdsa-with-SHA256
+    signature: Mapped[str] = mapped_column(Text)  # base64 of the signature (DER for ECDSA)
+
+
+class AppSecret(Base):
+    """A secret every node shares (e.g. the compliance view's session key), made at first use."""
+
+    __tablename__ = "app_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))  # base64url
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class UiUser(Base):
+    """A local user of the compliance view (``hsmca user add NAME --role auditor|operator``)."""
+
+    __tablename__ = "ui_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # auditor | operator
+    password_hash: Mapped[str] = mapped_column(String(256))  # scrypt, with its parameters
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_login_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class UiLoginFailure(Base):
+    """A failed sign-in (for rate limiting by name and by address); old rows are purged."""
+
+    __tablename__ = "ui_login_failures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    address: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
