@@ -99,10 +99,15 @@ def make_key(kind: str = "ec:P-256") -> ec.EllipticCurvePrivateKey | rsa.RSAPriv
 
 
 def make_csr(
-    names: list[str], kind: str = "ec:P-256", cn: str | None = "", der: bool = False
+    names: list[str],
+    kind: str = "ec:P-256",
+    cn: str | None = "",
+    der: bool = False,
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None,
 ) -> bytes:
-    """A CSR for DNS names / IP addresses; ``cn=""`` uses the first name, None omits the CN."""
-    key = make_key(kind)
+    """A CSR for DNS names / IP addresses; ``cn=""`` uses the first name, None omits the CN;
+    signed by ``key`` (default: a new key of ``kind``)."""
+    key = key or make_key(kind)
     sans: list[x509.GeneralName] = []
     for n in names:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import http.server
 import json
 import secrets
 import threading
@@ -29,6 +28,7 @@ import requests
 from acme import challenges, messages
 from acme import client as acme_client
 from acmejws import PrivateKey, b64, encode, flattened, sign
+from acmetools import http01_config, http01_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -52,44 +52,16 @@ MAX_JWS = 65536
 SERVED: dict[str, str] = {}
 
 
-class _ChallengeHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = SERVED.get(self.path.rsplit("/", 1)[-1])
-        if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
-            self.send_response(404)
-            self.end_headers()
-            return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def challenge_server() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ChallengeHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http01_server(SERVED) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def live_config_extra(challenge_server: int) -> str:
     # Many accounts come from 127.0.0.1 here: no per-IP account limit.
-    return (
-        "\n[acme]\n"
-        'validation_resolve_to = "127.0.0.1"\n'
-        f"validation_http01_port = {challenge_server}\n"
-        "new_accounts_per_ip_per_hour = 0\n"
-    )
+    return http01_config(challenge_server, "new_accounts_per_ip_per_hour = 0")
 
 
 # A raw client ------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ http-01 to a socket that accepts connections and never answers (to hold a challe
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import socket
 import time
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ import pytest
 from acme import challenges, messages
 from acme import client as acme_client
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from dnsserver import DnsServer
+from helpers import make_csr
 from tlsalpn import TlsAlpnResponder, challenge_cert, sni_for
 
 from ca.store import acme as store
@@ -85,23 +83,6 @@ def new_client(live_api):
     acme = acme_client.ClientV2(directory, net)
     acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
     return acme, key
-
-
-def make_csr(names: list[str]) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def key_authorization(challb: messages.ChallengeBody, key: jose.JWK) -> str:

@@ -9,7 +9,6 @@ tested through Flask's test client, which can send from several addresses.
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
 import os
 import re
@@ -26,10 +25,10 @@ from acme import challenges, messages
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acmejws import encode, sign
+from acmetools import http01_config, http01_server
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers import make_csr
 
 from ca.authority import Authority
 from ca.clients import disable_client
@@ -46,42 +45,19 @@ JOSE = {"Content-Type": "application/jose+json"}
 SERVED: dict[str, str] = {}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = SERVED.get(self.path.rsplit("/", 1)[-1])
-        if body is None:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def challenge_server() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http01_server(SERVED) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def live_config_extra(challenge_server: int) -> str:
-    return (
-        "\n[acme]\n"
-        "require_eab = true\n"
-        "orders_per_account_per_hour = 2\n"
-        "new_accounts_per_ip_per_hour = 0\n"
-        'validation_resolve_to = "127.0.0.1"\n'
-        f"validation_http01_port = {challenge_server}\n"
+    return http01_config(
+        challenge_server,
+        "require_eab = true",
+        "orders_per_account_per_hour = 2",
+        "new_accounts_per_ip_per_hour = 0",
     )
 
 
@@ -137,18 +113,6 @@ def bound_account(live_api, client: str):
     acme, key = acme_for(live_api)
     regr = register(acme, key, *eab_key(live_api, client))
     return acme, key, regr
-
-
-def make_csr(names: list[str]) -> bytes:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        )
-        .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def validated(acme, key, names: list[str]) -> messages.OrderResource:

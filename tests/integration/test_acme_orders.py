@@ -8,8 +8,6 @@ and ``validation_http01_port`` to the port of this module's challenge server.
 from __future__ import annotations
 
 import datetime
-import http.server
-import ipaddress
 import subprocess
 import threading
 import time
@@ -20,10 +18,11 @@ import pytest
 from acme import challenges, messages
 from acme import client as acme_client
 from acme import errors as acme_errors
+from acmetools import http01_config, http01_server
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers import make_csr
 
 pytestmark = [pytest.mark.hsm, pytest.mark.db]
 
@@ -31,44 +30,15 @@ pytestmark = [pytest.mark.hsm, pytest.mark.db]
 SERVED: dict[str, str] = {}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        token = self.path.rsplit("/", 1)[-1]
-        body = SERVED.get(token)
-        if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
-            self.send_response(404)
-            self.end_headers()
-            return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def challenge_server() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http01_server(SERVED) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def live_config_extra(challenge_server: int) -> str:
-    return (
-        "\n[acme]\n"
-        'validation_resolve_to = "127.0.0.1"\n'
-        f"validation_http01_port = {challenge_server}\n"
-    )
+    return http01_config(challenge_server)
 
 
 def new_client(live_api):
@@ -80,23 +50,6 @@ def new_client(live_api):
     acme = acme_client.ClientV2(directory, net)
     regr = acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
     return acme, key, regr
-
-
-def make_csr(names, key=None) -> bytes:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
 
 
 def answer_all(acme, key, orderr, wrong: bool = False) -> None:

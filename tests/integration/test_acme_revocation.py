@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime
-import http.server
-import ipaddress
 import math
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,11 +23,13 @@ import requests
 from acme import challenges, messages
 from acme import client as acme_client
 from acmejws import b64, encode, sign
+from acmetools import http01_config, http01_server
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as xocsp
 from cryptography.x509.oid import NameOID
+from helpers import make_csr
 
 import ocsp
 
@@ -44,41 +43,15 @@ ERR = "urn:ietf:params:acme:error:"
 SERVED: dict[str, str] = {}
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = SERVED.get(self.path.rsplit("/", 1)[-1])
-        if body is None or not self.path.startswith("/.well-known/acme-challenge/"):
-            self.send_response(404)
-            self.end_headers()
-            return
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def challenge_server() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http01_server(SERVED) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
 def live_config_extra(challenge_server: int) -> str:
-    return (
-        "\n[acme]\n"
-        'validation_resolve_to = "127.0.0.1"\n'
-        f"validation_http01_port = {challenge_server}\n"
-    )
+    return http01_config(challenge_server)
 
 
 @pytest.fixture(scope="module")
@@ -124,29 +97,13 @@ def new_account(live) -> Account:
     return Account(acme, key, private, regr.uri)
 
 
-def make_csr(names: list[str], key: ec.EllipticCurvePrivateKey) -> bytes:
-    sans: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM)
-
-
 def deadline() -> datetime.datetime:
     return datetime.datetime.now() + datetime.timedelta(seconds=30)
 
 
 def validate(account: Account, names: list[str]) -> messages.OrderResource:
     """A new order for ``names`` with every authorization validated over http-01."""
-    orderr = account.acme.new_order(make_csr(names, ec.generate_private_key(ec.SECP256R1())))
+    orderr = account.acme.new_order(make_csr(names))
     for authzr in orderr.authorizations:
         chall = next(c for c in authzr.body.challenges if isinstance(c.chall, challenges.HTTP01))
         response, validation = chall.response_and_validation(account.key)
@@ -158,7 +115,7 @@ def validate(account: Account, names: list[str]) -> messages.OrderResource:
 def issue(account: Account, names: list[str]) -> Issued:
     key = ec.generate_private_key(ec.SECP256R1())
     orderr = validate(account, names)
-    done = account.acme.finalize_order(orderr.update(csr_pem=make_csr(names, key)), deadline())
+    done = account.acme.finalize_order(orderr.update(csr_pem=make_csr(names, key=key)), deadline())
     leaf, issuer = x509.load_pem_x509_certificates(done.fullchain_pem.encode())
     return Issued(leaf, issuer, key, leaf.public_bytes(serialization.Encoding.PEM))
 
