@@ -128,6 +128,34 @@ def disable_client(auth: Authority, name: str, actor: str) -> None:
         auth.db.append_audit(conn, now, actor, "client.disabled", name, {"client": name})
 
 
+def rotate_token(auth: Authority, name: str, actor: str) -> str:
+    """Give enabled client ``name`` a new bearer token; the old one stops working. Returns the
+    new token (the only time it exists)."""
+    row = auth.db.get_client(name)
+    if row is None:
+        raise NotFound(f"no client named {name!r}")
+    if row.disabled:
+        raise Conflict(f"client {name!r} is disabled; a disabled client gets no new token")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    digest = token_hash(token)
+    with auth.db.write() as conn:
+        if not auth.db.set_client_token(conn, name, row.token_sha256, digest):
+            raise Conflict(f"client {name!r} changed meanwhile; try again")
+        auth.db.append_audit(
+            conn,
+            auth.now(),
+            actor,
+            "client.token_rotated",
+            name,
+            {
+                "client": name,
+                "old_token_sha256_prefix": row.token_sha256[:16],
+                "token_sha256_prefix": digest[:16],
+            },
+        )
+    return token
+
+
 def authenticate(auth: Authority, token: str) -> ClientRow | None:
     """The enabled client holding ``token``, or ``None``.
 
