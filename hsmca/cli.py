@@ -11,16 +11,18 @@ import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca.audit import verify_chain
 from ca.authority import Authority, normalize_serial
 from ca.config import CONFIG_FILE, AppConfig, load_config, render_toml
 from ca.errors import AuditChainBroken, CAError, ConfigError, NotFound
+
+if TYPE_CHECKING:
+    from ca.audit_key import AuditKeyResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -174,6 +176,9 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
     for name in (root.name, inter.name):
         for published in publish(auth, name, actor=_actor()):
             click.echo(f"crl: published {published.url} (number {published.number})")
+    from ca.audit_key import create_audit_key  # signs checkpoints; made before OCSP pre-signs
+
+    click.echo(f"audit: {_describe_audit_key(create_audit_key(c.auth, actor=_actor()))}")
     from ocsp import set_up as set_up_ocsp  # responders + pre-signed responses: OCSP answers now
 
     ocsp_done = set_up_ocsp(auth, actor=_actor())
@@ -188,6 +193,11 @@ def init(c: Ctx, public_url: str | None, root_key: str | None, issuing_key: str 
                 f"{exc}. The CAs exist: once this is fixed, 'hsmca serve' issues the certificate"
             ) from None
         click.echo(f"https: {describe_tls_certificate(cfg, issued)}")
+    from ca.checkpoints import sign_checkpoint  # the state of a new CA, signed at once
+
+    first = sign_checkpoint(auth, actor=_actor())
+    if first is not None:
+        click.echo(f"audit: checkpoint signed at seq {first.checkpoint.seq}")
     click.echo(f"done. Start the CA with: hsmca --data-dir {data} serve")
 
 
@@ -444,12 +454,115 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.argument(
+    "file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--root",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With FILE: the root certificate (PEM) the bundle's audit certificate must chain to.",
+)
 @pass_ctx
 @handle_errors
-def audit_verify(c: Ctx) -> None:
-    """Walk the audit chain; exit 3 naming the first bad seq if it is broken."""
-    count = verify_chain(c.auth.db.audit_entries())
-    click.echo(f"audit chain OK: {count} events")
+def audit_verify(c: Ctx, file: Path | None, root: Path | None) -> None:
+    """Verify the live audit chain, its signed checkpoints and the witness file.
+
+    With FILE (an export bundle) and --root ROOT.pem: verify the bundle offline instead, no
+    database needed. Exit 3 naming the first bad seq and what is wrong (see
+    docs/audit-chain.md and docs/audit-verification.md).
+    """
+    if file is not None or root is not None:
+        from hsmca.cli_audit import verify_bundle_command
+
+        verify_bundle_command(file, root)
+        return
+    run_live_verify(c)
+
+
+def run_live_verify(c: Ctx) -> None:
+    """`hsmca audit verify` on the configured database: progress on stderr, exit 3 if broken."""
+    from ca.audit_verify import verify_live
+
+    report = verify_live(c.auth, progress=_progress_line())
+    for warning in report.warnings:
+        click.echo(f"hsmca: warning: {warning}", err=True)
+    if not report.ok:
+        where = report.first_bad_seq
+        _fail(
+            f"audit chain broken at seq {where}: {report.problem}"
+            if where is not None
+            else f"audit chain not verified: {report.problem}",
+            3,
+        )
+    line = f"audit chain OK: {report.events} events"
+    if report.last_checkpoint_seq is not None:
+        line += (
+            f", {report.checkpoints} checkpoint(s) verified (the last at seq "
+            f"{report.last_checkpoint_seq}, {report.last_checkpoint_time})"
+        )
+    if report.witnessed:
+        line += f", {report.witnessed} witnessed"
+    click.echo(line)
+    if report.last_checkpoint_seq is not None and report.unsigned_events:
+        click.echo(f"{report.unsigned_events} event(s) after the last checkpoint not yet signed")
+
+
+def _progress_line() -> Callable[[int, int], None]:
+    """A progress callback: a percentage line on stderr, for long chains only."""
+
+    def show(done: int, total: int) -> None:
+        if total >= 50_000:
+            end = "\n" if done >= total else "\r"
+            click.echo(
+                f"verifying: {done}/{total} events ({100 * done // total}%)", nl=False, err=True
+            )
+            click.echo(end, nl=False, err=True)
+
+    return show
+
+
+@audit.command("checkpoint")
+@pass_ctx
+@handle_errors
+def audit_checkpoint(c: Ctx) -> None:
+    """Sign a checkpoint of the chain head now with the audit key, and write it to the witnesses."""
+    from ca.checkpoints import sign_checkpoint
+
+    signed = sign_checkpoint(c.auth, actor=_actor())
+    if signed is None:
+        raise NotFound("no checkpoint signed: no audit key (hsmca audit key create) or no events")
+    cp = signed.checkpoint
+    click.echo(f"checkpoint signed: seq {cp.seq} hash {cp.hash} at {cp.time} (key {cp.key_serial})")
+    for name, count in signed.witnesses.written.items():
+        click.echo(f"witness {name}: {count} written")
+    for name, error in signed.witnesses.errors.items():
+        click.echo(f"hsmca: warning: witness {name} failed: {error}", err=True)
+
+
+@audit.group("key")
+def audit_key() -> None:
+    """The audit key that signs checkpoints (in the HSM; certificate from the issuing CA)."""
+
+
+@audit_key.command("create")
+@click.option("--force", is_flag=True, help="Make a new key even if the current one is valid.")
+@pass_ctx
+@handle_errors
+def audit_key_create(c: Ctx, force: bool) -> None:
+    """Create the audit key and its certificate unless a current one exists (idempotent)."""
+    from ca.audit_key import create_audit_key
+
+    click.echo(_describe_audit_key(create_audit_key(c.auth, actor=_actor(), force=force)))
+
+
+def _describe_audit_key(result: AuditKeyResult) -> str:
+    cert = result.certificate
+    what = "created" if result.created else "exists"
+    return (
+        f"audit key {what}: {result.key_ref.label} in token {result.key_ref.token_label!r}, "
+        f"certificate serial {result.serial} valid until {cert.not_valid_after_utc:%Y-%m-%d}"
+        + ("" if result.created else f" ({result.reason})")
+    )
 
 
 @main.group()
@@ -498,7 +611,7 @@ def serve(
     tls_renew_days, or no longer matches tls_hostnames.
     """
     from ca.issuance import recover_intents
-    from hsmca.server import listeners, run_servers
+    from hsmca.server import listeners, record_config_loaded, run_servers
 
     cfg = c.config
     plain_bind, tls_bind, n_workers = listeners(cfg, bind, https_bind, workers)
@@ -514,6 +627,8 @@ def serve(
         raise ConfigError(
             f"issuing CA {cfg.ca.default_issuer!r} does not exist; run 'hsmca init'"
         ) from None
+    source = Path(os.environ.get("HSMCA_CONFIG") or c.data_dir / CONFIG_FILE)
+    record_config_loaded(auth, cfg, source.resolve(), _actor())  # once per start, not per worker
     auth.db.dispose()  # no database connection crosses the fork into workers
     os.environ["HSMCA_HOME"] = str(c.data_dir)
     # Workers (and the plain-HTTP child) load the config again: give them the listeners in use.
@@ -544,7 +659,14 @@ def serve(
 
 
 # Command groups defined in their own modules register themselves on import.
-from hsmca import cli_acme, cli_clients, cli_revocation, cli_scheduler  # noqa: E402, F401
+from hsmca import (  # noqa: E402, F401
+    cli_acme,
+    cli_audit,
+    cli_clients,
+    cli_revocation,
+    cli_scheduler,
+    cli_users,
+)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

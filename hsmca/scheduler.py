@@ -81,6 +81,12 @@ def _ocsp_presign(auth: Authority, now: datetime) -> object:
     return run_once(auth, now)
 
 
+def _audit_checkpoint(auth: Authority, now: datetime) -> object:
+    from ca.checkpoints import run_once
+
+    return run_once(auth, now)
+
+
 def jobs(config: AppConfig) -> list[Job]:
     """Every scheduled job of an installation.
 
@@ -95,6 +101,8 @@ def jobs(config: AppConfig) -> list[Job]:
         Job("ocsp-responders", timedelta(hours=1), _ocsp_responders),
         Job("ocsp-presign", timedelta(minutes=5), _ocsp_presign),
         Job("publish-crls", timedelta(seconds=crl_every), _publish_crls),
+        # Signs only when due ([audit] checkpoint_every_events / _seconds); cheap otherwise.
+        Job("audit-checkpoint", timedelta(seconds=5), _audit_checkpoint),
     ]
 
 
