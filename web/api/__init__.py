@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify
 from ca.authority import Authority
 from ca.batching import IssuanceQueue
 from ca.revocation import AfterRevoke
+from web.api.audit import register_audit_routes
 from web.api.openapi import openapi_document
 from web.api.views import api_blueprint as _views
 
@@ -23,6 +24,7 @@ def api_blueprint(
     ``after_revoke``: hooks run after each revocation commits (see ``web/hooks.py``).
     """
     bp = _views(authority, queue, after_revoke)
+    register_audit_routes(bp, authority)  # /audit/export (web/api/audit.py)
 
     @bp.get("/openapi.json")
     def openapi() -> Response:

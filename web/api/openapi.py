@@ -325,6 +325,40 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/audit/export": {
+                "get": {
+                    "operationId": "exportAudit",
+                    "summary": "The audit log as a bundle that verifies offline (the audit role)",
+                    "description": (
+                        "A zip of events.jsonl, checkpoints.jsonl, chain.pem and manifest.json "
+                        "(docs/audit-verification.md), streamed. from/to: a seq or an RFC 3339 "
+                        "time, inclusive; default the whole chain up to its head. Audited "
+                        "(audit.exported)."
+                    ),
+                    "parameters": [
+                        _query("from", "first event: a seq, or the first event at or after a time"),
+                        _query("to", "last event: a seq, or the last event at or before a time"),
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the bundle",
+                            "headers": {
+                                "Content-Disposition": {
+                                    "schema": {"type": "string"},
+                                    "description": "attachment; filename=hsmca-audit-FIRST-LAST.zip",
+                                }
+                            },
+                            "content": {
+                                "application/zip": {
+                                    "schema": {"type": "string", "contentEncoding": "binary"}
+                                }
+                            },
+                        },
+                        "400": _problem("a bound that is neither a seq nor a time, or no events"),
+                        **_COMMON,
+                    },
+                }
+            },
         },
         "components": {
             "schemas": schemas,
