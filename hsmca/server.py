@@ -22,6 +22,7 @@ under the ``server`` profile (stored and audited, requester ``hsmca:tls``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import os
 import signal
@@ -44,7 +45,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
 from ca.authority import Authority, serial_hex
-from ca.config import AppConfig, check_bind
+from ca.config import ENV_PREFIX, SPECIAL_ENV, AppConfig, check_bind, render_toml
 from ca.errors import (
     CAError,
     ConfigError,
@@ -63,6 +64,29 @@ LOOPBACK_IPS = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 _OUTAGES = (HsmUnavailable, StoreError, KeyMismatch, HsmKeyNotFound, ConfigError)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+# --- the configuration a start runs with ------------------------------------------------------
+
+
+def config_sha256(cfg: AppConfig) -> str:
+    """SHA-256 of the effective configuration (file plus overrides) as ``render_toml`` writes it."""
+    return hashlib.sha256(render_toml(cfg).encode("utf-8")).hexdigest()
+
+
+def record_config_loaded(auth: Authority, cfg: AppConfig, source: Path, actor: str) -> str:
+    """Audit ``config.loaded`` once per start of ``hsmca serve`` (in the parent, before any
+    worker exists); returns the configuration's SHA-256. Override names are recorded, never
+    their values."""
+    digest = config_sha256(cfg)
+    overrides = sorted(n for n in os.environ if n.startswith(ENV_PREFIX) and n not in SPECIAL_ENV)
+    auth.audit(
+        actor,
+        "config.loaded",
+        str(source),
+        {"sha256": digest, "source": str(source), "env_overrides": overrides},
+    )
+    return digest
 
 
 # --- the HTTPS server certificate -------------------------------------------------------------

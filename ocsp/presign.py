@@ -136,6 +136,15 @@ def run_once(auth: Authority, now: datetime, batch: int = BATCH) -> PresignRepor
             report.signed += _sign_issuer(auth, signer, now, stale_before, batch)
         except CAError as exc:
             report.errors[ca.name] = f"{exc.kind}: {exc}"
+    if report.signed or report.dropped:
+        # Responses are derived data (a certificate's audited status, signed by an audited
+        # responder key): one summary per run that did something, not an event per response.
+        auth.audit(
+            "hsmca",
+            "ocsp.presigned",
+            "ocsp",
+            {"signed": report.signed, "dropped": report.dropped, "errors": report.errors},
+        )
     return report
 
 
