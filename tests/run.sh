@@ -10,7 +10,8 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 # lego (Debian) is one of the ACME clients tests/interop/test_acme_clients.py runs.
-for pkg in softhsm2 opensc openssl postgresql python3-venv lego; do
+# chromium (Debian) is the headless browser of tests/interop/test_ui_browser.py (via Playwright).
+for pkg in softhsm2 opensc openssl postgresql python3-venv lego chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 # nginx staples our OCSP responses in tests/interop/test_nginx_stapling.py (any nginx build will do).

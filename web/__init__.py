@@ -26,6 +26,7 @@ from web.crl import crl_blueprint
 from web.ocsp import install as install_ocsp
 from web.problems import problem, problem_of
 from web.surface import Surface, check_surface, restrict_to_plain
+from web.ui import install_ui
 
 
 def create_app(
@@ -57,6 +58,7 @@ def create_app(
     _register_api(app, authority, state, lock)
     app.register_blueprint(crl_blueprint(authority))  # /crl/NAME.crl, /crl/NAME/SHARD.crl
     app.register_blueprint(acme_blueprint(authority))  # /acme: RFC 8555 (web/acme)
+    install_ui(app, authority)  # /ui: the compliance view (web/ui), sessions only there
     if check_surface(surface) == "plain":
         restrict_to_plain(
             app, lambda: config or load_config(Path(os.environ.get("HSMCA_HOME", ".")))
