@@ -25,7 +25,7 @@ import json
 import zipfile
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any, cast
 
 from cryptography import x509
@@ -83,7 +83,10 @@ def parse_bound(text: str, name: str = "bound") -> Bound:
         ) from None
     if moment.tzinfo is None or "T" not in value.upper():
         raise BadRequest(f"{name}: an RFC 3339 time needs a date, a time and a UTC offset or Z")
-    return moment
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise BadRequest(f"{name}: {text[:64]!r} is out of range in UTC") from None
 
 
 def bound_text(bound: Bound | None) -> str | None:

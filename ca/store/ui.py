@@ -320,21 +320,7 @@ def find_events(
     ones (seq > after_seq); neither: the newest page.
     """
     e = t.AuditEvent
-    stmt = select(e.__table__)
-    if query.since is not None:
-        stmt = stmt.where(e.time >= query.since)
-    if query.until is not None:
-        stmt = stmt.where(e.time < query.until)
-    if query.actor is not None:
-        stmt = stmt.where(e.actor == query.actor)
-    if query.action is not None:
-        if query.action.endswith("*"):
-            prefix = _like_escape(query.action[:-1])
-            stmt = stmt.where(e.action.like(f"{prefix}%", escape="\\"))
-        else:
-            stmt = stmt.where(e.action == query.action)
-    if query.subject is not None:
-        stmt = stmt.where(e.subject.like(f"%{_like_escape(query.subject)}%", escape="\\"))
+    stmt = _matching(query)
     going_newer = after_seq is not None and before_seq is None
     if going_newer:
         assert after_seq is not None
@@ -351,6 +337,36 @@ def find_events(
         rows.reverse()
         return EventPage(rows, older=True, newer=more)  # the page we came from is older
     return EventPage(rows, older=more, newer=before_seq is not None)
+
+
+def events_after(db: Database, query: EventQuery, after_seq: int, limit: int) -> list[EventRow]:
+    """Up to ``limit`` matching events with ``seq > after_seq``, oldest first (for consumers
+    that follow the log, such as ``GET /api/v1/audit/events``)."""
+    e = t.AuditEvent
+    stmt = _matching(query).where(e.seq > after_seq).order_by(e.seq.asc()).limit(limit)
+    with db.read() as conn:
+        return [_event(r) for r in conn.execute(stmt).all()]
+
+
+def _matching(query: EventQuery) -> Any:
+    """``SELECT`` of the audit events that match ``query`` (unordered)."""
+    e = t.AuditEvent
+    stmt = select(e.__table__)
+    if query.since is not None:
+        stmt = stmt.where(e.time >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(e.time < query.until)
+    if query.actor is not None:
+        stmt = stmt.where(e.actor == query.actor)
+    if query.action is not None:
+        if query.action.endswith("*"):
+            prefix = _like_escape(query.action[:-1])
+            stmt = stmt.where(e.action.like(f"{prefix}%", escape="\\"))
+        else:
+            stmt = stmt.where(e.action == query.action)
+    if query.subject is not None:
+        stmt = stmt.where(e.subject.like(f"%{_like_escape(query.subject)}%", escape="\\"))
+    return stmt
 
 
 def distinct_actions(db: Database) -> list[str]:

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from helpers import CaEnv, make_ca_env
+from sqlalchemy import text
 
 from ca.audit import canonical_json, chain_hash, event_dict
 from ca.audit_bundle_verify import BundleReport, decoded_row, fast_row, verify_bundle
@@ -761,10 +762,136 @@ def test_rest_export_needs_the_audit_role(live_api, audit_api):
         {"from": "999999999"},
         {"from": "5", "to": "2"},
         {"since": "1"},
+        {"from": "0001-01-01T00:00:00+01:00"},
+        {"to": "9999-12-31T23:59:59-01:00"},
     ],
 )
 def test_rest_export_refuses_bad_parameters_with_a_problem(live_api, audit_api, params):
     resp = get_export(live_api, audit_api["auditor"], **params)
+    assert resp.status_code == 400, resp.text
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert resp.json()["type"] == "urn:hsmca:problem:malformed-request"
+
+
+def get_audit(live_api, path: str, token: str | None, **params: str) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(live_api.url(path), params=params, headers=headers, timeout=60)
+
+
+def test_rest_events_page_through_the_whole_chain_oldest_first_with_linked_hashes(
+    live_api, audit_api
+):
+    head = live_api.audit_seq()
+    seen: list[dict] = []
+    params = {"limit": "7"}
+    while True:
+        resp = get_audit(live_api, "/api/v1/audit/events", audit_api["auditor"], **params)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["Content-Type"] == "application/json"
+        page = resp.json()
+        seen += page["items"]
+        if page["next_after"] is None:
+            assert "Link" not in resp.headers
+            break
+        assert len(page["items"]) == 7
+        assert resp.headers["Link"] == (
+            f'</api/v1/audit/events?after={page["next_after"]}&limit=7>; rel="next"'
+        )
+        params["after"] = str(page["next_after"])
+    seqs = [e["seq"] for e in seen]
+    assert seqs[:head] == list(range(1, head + 1))  # reading is not audited: nothing new
+    assert seen[0]["prev_hash"] == "0" * 64
+    for older, newer in zip(seen, seen[1:], strict=False):
+        assert newer["prev_hash"] == older["hash"]
+    # Each event is the one that is chained: its hash recomputes from the fields shown.
+    for e in seen[:head]:
+        event = event_dict(e["seq"], e["time"], e["actor"], e["action"], e["subject"], e["details"])
+        assert chain_hash(bytes.fromhex(e["prev_hash"]), event).hex() == e["hash"]
+
+
+def test_rest_events_filter_by_action_actor_subject_and_time(live_api, audit_api):
+    token = audit_api["auditor"]
+    checkpoints = get_audit(
+        live_api, "/api/v1/audit/events", token, action="audit.checkpoint"
+    ).json()["items"]
+    assert checkpoints and {e["action"] for e in checkpoints} == {"audit.checkpoint"}
+    prefixed = get_audit(live_api, "/api/v1/audit/events", token, action="audit.*").json()
+    assert {e["action"] for e in prefixed["items"]} >= {"audit.checkpoint", "audit.key.created"}
+    assert all(e["action"].startswith("audit.") for e in prefixed["items"])
+    by_actor = get_audit(live_api, "/api/v1/audit/events", token, actor="test").json()["items"]
+    assert by_actor and {e["actor"] for e in by_actor} == {"test"}
+    by_subject = get_audit(live_api, "/api/v1/audit/events", token, subject="e3").json()["items"]
+    assert by_subject and all("e3" in e["subject"] for e in by_subject)
+
+    everything = get_audit(live_api, "/api/v1/audit/events", token, limit="1000").json()["items"]
+    middle = everything[len(everything) // 2]["time"]
+    later = get_audit(live_api, "/api/v1/audit/events", token, since=middle, limit="1000").json()
+    earlier = get_audit(live_api, "/api/v1/audit/events", token, until=middle, limit="1000").json()
+    assert all(e["time"] >= middle for e in later["items"])
+    assert all(e["time"] < middle for e in earlier["items"])
+    assert len(later["items"]) + len(earlier["items"]) == len(everything)
+
+
+def test_rest_verify_reports_the_live_chain_and_locates_an_edit(live_api, audit_api):
+    token = audit_api["auditor"]
+    resp = get_audit(live_api, "/api/v1/audit/verify", token)
+    assert resp.status_code == 200, resp.text
+    report = resp.json()
+    assert report["ok"] is True and report["first_bad_seq"] is None and report["problem"] is None
+    assert report["checkpoints"] >= 1 and report["head_seq"] >= report["events"] > 10
+    assert report["last_checkpoint_seq"] is not None
+
+    seq = 5
+    db = live_api.env.auth.db
+    with db.engine.begin() as conn:
+        actor = conn.execute(text("SELECT actor FROM audit_events WHERE seq = :s"), {"s": seq})
+        original = actor.scalar_one()
+        conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = :s"), {"s": seq})
+    try:
+        broken = get_audit(live_api, "/api/v1/audit/verify", token).json()
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE audit_events SET actor = :a WHERE seq = :s"), {"a": original, "s": seq}
+            )
+    assert broken["ok"] is False and broken["first_bad_seq"] == seq
+    assert broken["events"] == seq - 1 and broken["problem"]
+    assert get_audit(live_api, "/api/v1/audit/verify", token).json()["ok"] is True
+
+
+@pytest.mark.parametrize("path", ["/api/v1/audit/events", "/api/v1/audit/verify"])
+def test_rest_reading_and_verifying_need_the_audit_role(live_api, audit_api, path):
+    before = live_api.audit_seq()
+    resp = get_audit(live_api, path, audit_api["enroller"])
+    assert resp.status_code == 403
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert "'audit' role" in resp.json()["detail"]
+    denied = [e for e in live_api.audit_since(before) if e.action == "api.denied"]
+    assert [e.actor for e in denied] == ["enroller"]
+    assert get_audit(live_api, path, None).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/api/v1/audit/events", {"since": "yesterday"}),
+        ("/api/v1/audit/events", {"until": "2026-01-01"}),
+        (
+            "/api/v1/audit/events",
+            {"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+        ),
+        ("/api/v1/audit/events", {"after": "-1"}),
+        ("/api/v1/audit/events", {"limit": "0"}),
+        ("/api/v1/audit/events", {"limit": "1001"}),
+        ("/api/v1/audit/events", {"actor": "x" * 257}),
+        ("/api/v1/audit/events", {"seq": "1"}),
+        ("/api/v1/audit/events", {"since": "0001-01-01T00:00:00+01:00"}),
+        ("/api/v1/audit/events", {"until": "9999-12-31T23:59:59-01:00"}),
+        ("/api/v1/audit/verify", {"full": "1"}),
+    ],
+)
+def test_rest_audit_reads_refuse_bad_parameters_with_a_problem(live_api, audit_api, path, params):
+    resp = get_audit(live_api, path, audit_api["auditor"], **params)
     assert resp.status_code == 400, resp.text
     assert resp.headers["Content-Type"] == "application/problem+json"
     assert resp.json()["type"] == "urn:hsmca:problem:malformed-request"

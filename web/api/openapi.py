@@ -19,6 +19,8 @@ _MODELS: list[type[BaseModel]] = [
     s.ProfileOut,
     s.CaOut,
     s.RequestOut,
+    s.AuditEventPage,
+    s.AuditVerifyOut,
     s.Problem,
 ]
 _REF = "#/components/schemas/{model}"
@@ -321,6 +323,58 @@ def openapi_document() -> dict[str, Any]:
                         "409": _problem("not pending (decided or expired)"),
                         "413": _problem("body over the configured limit"),
                         "415": _problem("the body is not application/json"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/audit/events": {
+                "get": {
+                    "operationId": "listAuditEvents",
+                    "summary": "Audit events, oldest first, filtered (the audit role)",
+                    "description": (
+                        "Events exactly as chained, each with its hash and previous hash. Page "
+                        "with after=next_after until next_after is null; a consumer that "
+                        "follows the log keeps its last seq and asks for after=it."
+                    ),
+                    "parameters": [
+                        _query("since", "events at or after this RFC 3339 time"),
+                        _query("until", "events before this RFC 3339 time"),
+                        _query("actor", "exactly this actor"),
+                        _query("action", "exactly this action; a trailing * makes it a prefix"),
+                        _query("subject", "subject contains this text"),
+                        _query(
+                            "after",
+                            "only events with a greater seq (the previous page's next_after)",
+                            {"type": "integer", "minimum": 0},
+                        ),
+                        _query(
+                            "limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}
+                        ),
+                    ],
+                    "responses": {
+                        "200": _json(
+                            _ref("AuditEventPage"),
+                            "one page",
+                            Link='rel="next" when there is more',
+                        ),
+                        "400": _problem("bad filter, time or cursor"),
+                        **_COMMON,
+                    },
+                }
+            },
+            "/audit/verify": {
+                "get": {
+                    "operationId": "verifyAudit",
+                    "summary": "Verify the live audit chain (the audit role)",
+                    "description": (
+                        "Walks every event, checks every checkpoint signature against the audit "
+                        "certificates and, when configured, the witness file, as hsmca audit "
+                        "verify does. 200 with ok=false and first_bad_seq when the chain is "
+                        "broken. Takes seconds per million events."
+                    ),
+                    "responses": {
+                        "200": _json(_ref("AuditVerifyOut"), "the outcome"),
+                        "400": _problem("a query parameter (there are none)"),
                         **_COMMON,
                     },
                 }

@@ -171,3 +171,40 @@ class Problem(BaseModel):
     detail: str
     violations: list[Violation] | None = None
     errors: list[dict[str, str]] | None = None
+
+
+class AuditEventOut(_Strict):
+    """One audit event exactly as chained (``details`` decoded from its canonical JSON)."""
+
+    seq: int = Field(ge=1)
+    time: str = Field(description="RFC 3339 UTC, as hashed")
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, object]
+    prev_hash: str = Field(description="hex SHA-256 of the previous event (zeros for seq 1)")
+    hash: str = Field(description="hex SHA-256 of this event (docs/audit-verification.md)")
+
+
+class AuditEventPage(_Strict):
+    items: list[AuditEventOut] = Field(description="oldest first")
+    next_after: int | None = Field(
+        description="pass as ?after= for the next page; null when this page reached the head"
+    )
+
+
+class AuditVerifyOut(_Strict):
+    """The outcome of verifying the live chain, its checkpoints and its witness file."""
+
+    ok: bool
+    events: int = Field(description="events verified (before the first problem)")
+    checkpoints: int = Field(description="checkpoint signatures verified")
+    head_seq: int
+    last_checkpoint_seq: int | None
+    last_checkpoint_time: str | None
+    unsigned_events: int = Field(description="events after the newest verified checkpoint")
+    witnessed: int = Field(description="witness file lines that matched a stored checkpoint")
+    first_bad_seq: int | None
+    problem: str | None = Field(description="what is wrong at first_bad_seq")
+    warnings: list[str]
+    seconds: float = Field(description="time the verification took")

@@ -22,13 +22,16 @@ def parse_time(text: str, end: bool = False) -> datetime:
     """A UTC moment from ``YYYY-MM-DD``, ``YYYY-MM-DDTHH:MM[:SS]`` (a browser's datetime-local)
     or full RFC 3339. A bare date as an ``end`` means the end of that day. ValueError if bad."""
     value = text.strip()
-    if _DATE.match(value):
-        day = datetime.fromisoformat(value).replace(tzinfo=UTC)
-        return day + timedelta(days=1) if end else day
-    moment = datetime.fromisoformat(value.replace(" ", "T", 1))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # the form says: times are UTC
-    return moment.astimezone(UTC)
+    try:
+        if _DATE.match(value):
+            day = datetime.fromisoformat(value).replace(tzinfo=UTC)
+            return day + timedelta(days=1) if end else day
+        moment = datetime.fromisoformat(value.replace(" ", "T", 1))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)  # the form says: times are UTC
+        return moment.astimezone(UTC)
+    except OverflowError:  # out of range once in UTC (year 1 or 9999 at the edge)
+        raise ValueError(f"{text[:40]!r} is out of range") from None
 
 
 def _text(args: Mapping[str, str], name: str, errors: list[str]) -> str | None:
