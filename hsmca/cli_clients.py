@@ -1,10 +1,10 @@
-"""``hsmca client add|list|disable``: the REST API's clients and their bearer tokens."""
+"""``hsmca client add|list|rotate|disable``: the REST API's clients and their bearer tokens."""
 
 from __future__ import annotations
 
 import click
 
-from ca.clients import create_client, disable_client
+from ca.clients import create_client, disable_client, rotate_token
 from ca.policy import ROLES
 from hsmca.cli import Ctx, _actor, handle_errors, main, pass_ctx
 
@@ -76,6 +76,25 @@ def client_list(c: Ctx) -> None:
             f"{r.name:<20} {state:<9} {','.join(r.roles):<24} "
             f"{','.join(r.profiles) or '*':<20} {','.join(r.names) or '(profile rules)'}"
         )
+
+
+@client.command("rotate")
+@click.argument("name")
+@pass_ctx
+@handle_errors
+def client_rotate(c: Ctx, name: str) -> None:
+    """Give client NAME a new bearer token and print it (shown only this once).
+
+    The old token stops working (within 5 s on running servers); roles, profiles and name
+    rules stay as they are. Audited as client.token_rotated.
+    """
+    token = rotate_token(c.auth, name, _actor())
+    click.echo(token)
+    click.echo(
+        f"client {name!r} has a new token; the old one no longer works. The token above is "
+        "shown once: keep it in a secret store.",
+        err=True,
+    )
 
 
 @client.command("disable")

@@ -19,6 +19,10 @@ import pytest
 from cryptography import x509
 from helpers import make_csr, openssl
 
+from ca.authority import Authority
+from ca.clients import authenticate
+from ca.config import load_config
+
 pytestmark = [pytest.mark.hsm]
 
 HSMCA = str(Path(sys.executable).parent / "hsmca")
@@ -292,8 +296,21 @@ def test_client_add_prints_the_token_once_and_list_never_shows_it(initialised):
     bad = run(initialised, "client", "add", "x", "--role", "superuser", "--names", "a..b")
     assert bad.returncode == 1
     assert "unknown role 'superuser'" in bad.stderr and "a..b" in bad.stderr
+    rotated = run(initialised, "client", "rotate", "payments")
+    assert rotated.returncode == 0, rotated.stderr
+    fresh = rotated.stdout.strip()
+    assert fresh.startswith("hsmca_") and fresh != token and "shown once" in rotated.stderr
+    auth = Authority.from_config(load_config(initialised))
+    assert authenticate(auth, token) is None
+    holder = authenticate(auth, fresh)
+    assert holder is not None and holder.name == "payments" and holder.roles == ["enroll", "read"]
+    [event] = [e for e in auth.db.audit_entries() if e.action == "client.token_rotated"]
+    assert event.subject == "payments" and fresh not in json.dumps(event.details)
+    assert run(initialised, "client", "rotate", "nobody").returncode == 1
     disabled = run(initialised, "client", "disable", "payments")
     assert disabled.returncode == 0
+    refused = run(initialised, "client", "rotate", "payments")
+    assert refused.returncode == 1 and "disabled" in refused.stderr
     assert "disabled" in run(initialised, "client", "list").stdout
     assert "--role" in run(initialised, "client", "add", "--help").stdout
 
