@@ -35,14 +35,23 @@ PURGE_EVERY = 64
 
 @contextmanager
 def _nonce_tx(db: Database) -> Iterator[Connection]:
-    """A short transaction for nonces. SQLite: the writer lock (one writer anyway);
-    PostgreSQL: a plain transaction (a single-row insert or delete is atomic on its own)."""
+    """A short transaction for nonces, committed without waiting for the disk.
+
+    A used nonce guards the request it came with, and every request that changes anything
+    commits that change flushed, after the nonce: the flush makes the nonce durable too (the
+    write-ahead log is flushed in order). Only a replay of a request that changed nothing could
+    pass after a power loss. That saves one disk flush on every ACME request.
+
+    SQLite: the writer lock (one writer anyway); PostgreSQL: a plain transaction (a single-row
+    insert or delete is atomic on its own) with ``synchronous_commit`` off.
+    """
     if db.is_sqlite:
-        with db.write() as conn:
+        with db.write(flush=False) as conn:
             yield conn
         return
     try:
         with db.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             yield conn
     except SQLAlchemyError as exc:
         raise StoreError(f"database unavailable: {type(exc).__name__}") from exc

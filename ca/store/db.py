@@ -248,6 +248,22 @@ class WriterQueue:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _sqlite_pragma(conn: Connection, pragma: str) -> None:
+    """Run ``pragma`` on the driver's connection itself: through SQLAlchemy it would begin a
+    transaction first, and SQLite refuses to change the safety level inside one."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    driver.execute(pragma)
+
+
+def _restore_full_sync(conn: Connection) -> None:
+    """Put a pooled SQLite connection back to ``synchronous=FULL``, or drop it from the pool."""
+    try:
+        _sqlite_pragma(conn, "PRAGMA synchronous=FULL")
+    except Exception:
+        conn.invalidate()  # never hand out a connection that may commit unflushed
+
+
 class Database:
     """The store of one installation. Safe to share between threads; create one per process."""
 
@@ -277,20 +293,34 @@ class Database:
     # Transactions ------------------------------------------------------------------------------
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, flush: bool = True) -> Iterator[Connection]:
         """A write transaction holding the writer lock; commits on success, rolls back on error.
+
+        ``flush=False`` commits without waiting for the disk (SQLite ``synchronous=NORMAL``,
+        PostgreSQL ``synchronous_commit=off``): a crash of the process loses nothing, a power
+        loss may lose this commit until the next flushed one, which makes it durable too, since
+        both stores flush their write-ahead log in order. Only for records nothing durable
+        depends on until a later flushed commit (used ACME nonces).
 
         Database failures (full disk, read-only file, lost server) become :class:`StoreError`.
         """
         try:
             with self._writers.hold(), self.engine.connect() as conn:
                 conn.execution_options(hsmca_write=True)
-                with conn.begin():
-                    if not self.is_sqlite:
-                        conn.execute(
-                            text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY}
-                        )
-                    yield conn
+                if not flush and self.is_sqlite:
+                    _sqlite_pragma(conn, "PRAGMA synchronous=NORMAL")
+                try:
+                    with conn.begin():
+                        if not self.is_sqlite:
+                            conn.execute(
+                                text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_KEY}
+                            )
+                            if not flush:
+                                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+                        yield conn
+                finally:
+                    if not flush and self.is_sqlite:
+                        _restore_full_sync(conn)
         except IntegrityError as exc:
             raise StoreError(f"database refused the change (constraint: {_short(exc)})") from exc
         except OperationalError as exc:

@@ -33,6 +33,37 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(sqlite_ca_env):
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
+def _sync_level(conn) -> object:
+    if conn.dialect.name == "sqlite":
+        return conn.connection.driver_connection.execute("PRAGMA synchronous").fetchone()[0]
+    return conn.execute(text("SHOW synchronous_commit")).scalar()
+
+
+def test_an_unflushed_write_commits_and_leaves_every_connection_flushing(ca_env):
+    db = ca_env.auth.db
+    full = 2 if db.is_sqlite else "on"
+    relaxed = 1 if db.is_sqlite else "off"
+    with db.write() as conn:
+        conn.execute(text("CREATE TABLE relax_probe (x INTEGER)"))
+    with db.write(flush=False) as conn:
+        assert _sync_level(conn) == relaxed
+        conn.execute(text("INSERT INTO relax_probe VALUES (1)"))
+    with pytest.raises(RuntimeError), db.write(flush=False) as conn:
+        conn.execute(text("INSERT INTO relax_probe VALUES (2)"))
+        raise RuntimeError("rolled back")
+    with db.read() as conn:
+        assert conn.execute(text("SELECT x FROM relax_probe")).scalars().all() == [1]
+    # Every pooled connection is back to flushing its commits.
+    conns = [db.engine.connect() for _ in range(3)]
+    try:
+        assert [_sync_level(c) for c in conns] == [full] * 3
+    finally:
+        for c in conns:
+            c.close()
+    with db.write() as conn:
+        assert _sync_level(conn) == full
+
+
 WORKER = textwrap.dedent(
     """
     import sys
