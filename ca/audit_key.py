@@ -22,19 +22,17 @@ keep verifying).
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ca.authority import Authority, fingerprint, same_public_key, serial_hex
 from ca.errors import Conflict, KeyMismatch
-from ca.hierarchy import record_intent
+from ca.hierarchy import own_certificate_row, record_intent
 from ca.issuance import new_serial
 from ca.keys import IssuerKey, KeyRef, KeySpec, PublicKey
 from ca.store.db import CertificateFilter, CertificateRow, Database
@@ -277,23 +275,17 @@ def create_audit_key(
         auth.db.add_certificates(
             conn,
             [
-                {
-                    "serial": s,
-                    "issuer_id": issuer.row.id,
-                    "subject": subject.rfc4514_string(),
-                    "sans": "[]",
-                    "key_type": str(spec),
-                    "not_before": cert.not_valid_before_utc,
-                    "not_after": cert.not_valid_after_utc,
-                    "profile": PROFILE,
-                    "requester": actor,
-                    "status": "issued",
-                    "der": cert.public_bytes(serialization.Encoding.DER),
-                    "fingerprint_sha256": fp,
-                    "created_at": stored_at,
-                    "crl_shard": issuer.urls.crl_shard(serial),
-                    "meta": json.dumps({"key": key_details}, sort_keys=True),
-                }
+                own_certificate_row(
+                    cert,
+                    s,
+                    issuer.row.id,
+                    str(spec),
+                    PROFILE,
+                    actor,
+                    stored_at,
+                    crl_shard=issuer.urls.crl_shard(serial),
+                    meta={"key": key_details},
+                )
             ],
         )
         auth.db.append_audit(

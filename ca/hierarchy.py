@@ -190,22 +190,16 @@ def _create(
             auth.db.add_certificates(
                 conn,
                 [
-                    {
-                        "serial": s,
-                        "issuer_id": issuer.row.id,
-                        "subject": subject.rfc4514_string(),
-                        "sans": "[]",
-                        "key_type": str(spec),
-                        "not_before": cert.not_valid_before_utc,
-                        "not_after": cert.not_valid_after_utc,
-                        "profile": profile,
-                        "requester": actor,
-                        "status": "issued",
-                        "der": der,
-                        "fingerprint_sha256": fp,
-                        "created_at": stored_at,
-                        "crl_shard": auth.urls_for(issuer_name).crl_shard(serial),
-                    }
+                    own_certificate_row(
+                        cert,
+                        s,
+                        issuer.row.id,
+                        str(spec),
+                        profile,
+                        actor,
+                        stored_at,
+                        crl_shard=auth.urls_for(issuer_name).crl_shard(serial),
+                    )
                 ],
             )
         auth.db.append_audit(
@@ -217,6 +211,41 @@ def _create(
             {"ca": name, "id": ca_id, "serial": s, "issuer": issuer_name, "fingerprint_sha256": fp},
         )
     return CreatedCa(name, cert, ref)
+
+
+def own_certificate_row(
+    cert: x509.Certificate,
+    serial: str,
+    issuer_id: int,
+    key_type: str,
+    profile: str,
+    actor: str,
+    stored_at: datetime,
+    crl_shard: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The inventory row of a certificate the CA makes for itself (a CA, an OCSP responder,
+    the audit key), stored beside its intent's completion like any issued certificate."""
+    row: dict[str, Any] = {
+        "serial": serial,
+        "issuer_id": issuer_id,
+        "subject": cert.subject.rfc4514_string(),
+        "sans": "[]",
+        "key_type": key_type,
+        "not_before": cert.not_valid_before_utc,
+        "not_after": cert.not_valid_after_utc,
+        "profile": profile,
+        "requester": actor,
+        "status": "issued",
+        "der": cert.public_bytes(serialization.Encoding.DER),
+        "fingerprint_sha256": fingerprint(cert),
+        "created_at": stored_at,
+    }
+    if crl_shard is not None:
+        row["crl_shard"] = crl_shard
+    if meta is not None:
+        row["meta"] = json.dumps(meta, sort_keys=True)
+    return row
 
 
 def record_intent(

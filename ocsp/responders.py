@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca.authority import Authority, fingerprint, same_public_key, serial_hex
 from ca.errors import CAError, Conflict, KeyMismatch
-from ca.hierarchy import record_intent
+from ca.hierarchy import own_certificate_row, record_intent
 from ca.issuance import new_serial
 from ca.keys import KeyRef, KeySpec, PublicKey
 from ca.store import ocsp as store
@@ -184,23 +184,7 @@ def create_responder(
             raise Conflict("the responder's issuance intent was resolved by recovery; run it again")
         auth.db.add_certificates(
             conn,
-            [
-                {
-                    "serial": s,
-                    "issuer_id": issuer.row.id,
-                    "subject": subject.rfc4514_string(),
-                    "sans": "[]",
-                    "key_type": str(spec),
-                    "not_before": cert.not_valid_before_utc,
-                    "not_after": cert.not_valid_after_utc,
-                    "profile": PROFILE,
-                    "requester": actor,
-                    "status": "issued",
-                    "der": der,
-                    "fingerprint_sha256": fp,
-                    "created_at": stored_at,
-                }
-            ],
+            [own_certificate_row(cert, s, issuer.row.id, str(spec), PROFILE, actor, stored_at)],
         )
         responder_id = store.add_responder(conn, row)
         superseded = store.supersede_responders(conn, issuer.row.id, responder_id)
