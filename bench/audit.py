@@ -11,8 +11,9 @@ round and interleaved, so that machine noise hits every figure alike:
   b1. issue()         ``ca.issuance.issue`` as it runs, timing the audit appends inside it
   b2. issue(), no audit  the same with the audit appends skipped (bench only: never do this)
 
-then builds a chain of ``--events`` events (default 1,000,000) in a second database with a bulk
-insert and verifies it:
+then builds a chain of ``--events`` events (default 1,000,000) in a copy of the database with a
+bulk insert, a checkpoint signed in the HSM every ``checkpoint_every_events`` (1,000) as the
+scheduler signs them, and verifies it:
 
   c1. database, fast      ``Database.verify_audit_chain`` (raw rows, ``ca.audit.verify_rows``)
   c2. database, entries   ``verify_chain(db.audit_entries())`` (parsed entries)
@@ -44,6 +45,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,7 @@ def _machine_info(tmp: Path) -> list[str]:
 def _setup(tmp: Path) -> Any:
     """Token, config, database, root and issuing CA; returns the Authority."""
     import softhsm
+    from ca.audit_key import create_audit_key
     from ca.authority import Authority
     from ca.config import load_config
     from ca.hierarchy import create_intermediate, create_root
@@ -204,6 +207,7 @@ def _setup(tmp: Path) -> Any:
     auth.db.upgrade()
     create_root(auth, actor="bench")
     create_intermediate(auth, "bench", key="ec:P-256", actor="bench")
+    create_audit_key(auth, actor="bench")  # the checkpoints of the long chain (section c)
     return auth
 
 
@@ -351,53 +355,76 @@ def measure_appends_and_issuance(auth: Any, rounds: int, seconds: float) -> None
 # --- c: a long chain ------------------------------------------------------------------------------
 
 
-def build_chain_database(path: Path, events: int) -> float:
+def build_chain_database(path: Path, events: int, auth: Any = None, every: int = 0) -> float:
     """A database (the real schema) holding a valid chain of ``events`` events; returns seconds.
 
     The chain is computed in Python with the fast event encoding (``ca.audit.event_bytes``) and
     bulk-inserted: pairs of certificate.requested (~600 bytes) and certificate.issued events, with
-    a non-ASCII subject now and then.
+    a non-ASCII subject now and then. With ``auth`` (whose database is copied first, so its CAs
+    and audit key come along), ``ca.checkpoints.sign_checkpoint`` signs a real checkpoint in the
+    HSM after every ``every`` events, as the scheduler does with ``checkpoint_every_events``.
     """
-    from ca.audit import GENESIS_HASH, canonical_json, event_bytes
+    from ca.audit import GENESIS_HASH, canonical_json, event_bytes, rfc3339
+    from ca.checkpoints import sign_checkpoint
     from ca.store.db import Database
 
-    db = Database(f"sqlite:///{path}")
-    db.upgrade()
-    db.dispose()
+    long_auth = None
+    if auth is not None:
+        source = sqlite3.connect(auth.db.url.removeprefix("sqlite:///"))
+        target = sqlite3.connect(path)
+        source.backup(target)
+        source.close()
+        target.close()
+        long_auth = replace(auth, db=Database(f"sqlite:///{path}"))
+    else:
+        db = Database(f"sqlite:///{path}")
+        db.upgrade()
+        db.dispose()
     start = time.perf_counter()
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("PRAGMA synchronous=OFF")  # a bulk load: durability does not matter here
-    con.execute("BEGIN")
-    prev = GENESIS_HASH
-    time_text = "2026-01-01T00:00:00.000000Z"
-    rows: list[tuple[Any, ...]] = []
+    head = con.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (head[0], bytes.fromhex(head[1])) if head else (0, GENESIS_HASH)
+    last = seq + events
+    time_text = rfc3339(datetime.now(UTC)) if long_auth else "2026-01-01T00:00:00.000000Z"
+    batch = every - 1 if long_auth and every > 1 else 50_000  # the checkpoint is one event too
     sha256 = hashlib.sha256
-    for seq in range(1, events + 1):
-        serial = format(0x1000_0000_0000_0000 + seq // 2, "x")
-        if seq % 2:
-            action = "certificate.requested"
-            details = {**REQUESTED_DETAILS, "serial": serial}
-        else:
-            action = "certificate.issued"
-            details = {
-                "serial": serial,
-                "issuer": "bench",
-                "profile": "bench",
-                "fingerprint_sha256": sha256(serial.encode()).hexdigest(),
-            }
-        if seq % 1000 == 0:
-            details["note"] = 'Zürich ✓ "quoted" \\ tab\t'
-        text = canonical_json(details).decode("utf-8")
-        digest = sha256(prev + event_bytes(seq, time_text, "bench", action, serial, text)).digest()
-        rows.append((seq, time_text, "bench", action, serial, text, prev.hex(), digest.hex()))
-        prev = digest
-        if len(rows) == 50_000:
-            con.executemany("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?)", rows)
-            rows.clear()
-    if rows:
+    while seq < last:
+        rows: list[tuple[Any, ...]] = []
+        first, end = seq + 1, min(last, seq + batch)
+        for seq in range(first, end + 1):
+            serial = format(0x1000_0000_0000_0000 + seq // 2, "x")
+            if seq % 2:
+                action = "certificate.requested"
+                details = {**REQUESTED_DETAILS, "serial": serial}
+            else:
+                action = "certificate.issued"
+                details = {
+                    "serial": serial,
+                    "issuer": "bench",
+                    "profile": "bench",
+                    "fingerprint_sha256": sha256(serial.encode()).hexdigest(),
+                }
+            if seq % 1000 == 0:
+                details["note"] = 'Zürich ✓ "quoted" \\ tab\t'
+            text = canonical_json(details).decode("utf-8")
+            digest = sha256(prev + event_bytes(seq, time_text, "bench", action, serial, text))
+            rows.append(
+                (seq, time_text, "bench", action, serial, text, prev.hex(), digest.hexdigest())
+            )
+            prev = digest.digest()
+        con.execute("BEGIN")
         con.executemany("INSERT INTO audit_events VALUES (?,?,?,?,?,?,?,?)", rows)
-    con.execute("COMMIT")
+        con.execute("COMMIT")
+        if long_auth is not None and seq < last:
+            sign_checkpoint(long_auth, actor="bench")
+            head = con.execute(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq, prev = head[0], bytes.fromhex(head[1])
     con.close()
+    if long_auth is not None:
+        long_auth.db.dispose()
     return time.perf_counter() - start
 
 
@@ -515,10 +542,19 @@ def measure_verification(auth: Any, tmp: Path, events: int, rounds: int) -> None
     from ca.store.db import Database
 
     path = tmp / "long.db"
-    _say(f"c: building a chain of {events:,} events (bulk insert) ...")
-    built = build_chain_database(path, events)
+    every = auth.config.audit.checkpoint_every_events
+    _say(
+        f"c: building a chain of {events:,} events (bulk insert), with a checkpoint signed in "
+        f"the HSM every {every:,} events as the scheduler signs them ..."
+    )
+    built = build_chain_database(path, events, auth, every)
     size = path.stat().st_size
-    _say(f"  built in {built:.1f} s ({events / built:,.0f} events/s), {size / 1e6:,.0f} MB")
+    with sqlite3.connect(path) as con:
+        (signed,) = con.execute("SELECT count(*) FROM audit_checkpoints").fetchone()
+    _say(
+        f"  built in {built:.1f} s ({events / built:,.0f} events/s), {size / 1e6:,.0f} MB, "
+        f"{signed:,} checkpoints"
+    )
     db = Database(f"sqlite:///{path}")
     figures = {
         "c1": Figure("c1. database, fast (verify_audit_chain)", "events/s"),
