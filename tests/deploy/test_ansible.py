@@ -371,6 +371,34 @@ def test_ansible_lint_is_clean(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (
+            {"hsmca_hsm": "pkcs11", "hsmca_hsm_module": "/usr/lib/vendor/p11.so"},
+            "hsmca_hsm is pkcs11",
+        ),
+        (
+            {"hsmca_database_url": "postgresql+psycopg://hsmca:secret@db/hsmca"},
+            "without a password",
+        ),
+        ({"hsmca_database_url": "postgresql+psycopg://hsmca@db/hsmca"}, "hsmca_database_password"),
+        ({"hsmca_service_manager": "openrc"}, "hsmca_service_manager must be"),
+    ],
+    ids=["pkcs11-without-pin", "password-in-url", "postgresql-without-password", "bad-manager"],
+)
+def test_a_bad_inventory_is_refused_before_anything_changes(
+    tmp_path: Path, bad: dict[str, object], message: str
+) -> None:
+    dep = _prepare(tmp_path, bad, [])
+    result, _ = dep.playbook()
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    assert _recap(output)["changed"] == 0
+    assert not dep.prefix.exists() and not dep.data_dir.exists()
+
+
 # The tests of one setup come first; the tests of both (ending in a second run and stopping the
 # processes) after them.
 
@@ -411,6 +439,83 @@ def test_logrotate_snippet(deployment: Deployment) -> None:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "error" not in checked.stderr.lower(), checked.stderr
+
+
+def test_systemd_units_verify(deployment: Deployment) -> None:
+    """The units the role installs under systemd (which this test machine does not run),
+    rendered from the role's own defaults and vars and checked by systemd-analyze."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    out = deployment.root / "units"
+    out.mkdir()
+    render = deployment.root / "render-units.yml"
+    render.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "Render the systemd units of the hsmca role",
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars_files": [
+                        str(ROLE / "defaults" / "main.yml"),
+                        str(ROLE / "vars" / "main.yml"),
+                    ],
+                    "tasks": [
+                        {
+                            "name": "Render a unit",
+                            "ansible.builtin.template": {
+                                "src": str(ROLE / "templates" / "hsmca.service.j2"),
+                                "dest": f"{out}/{{{{ hsmca_units[item.key] }}}}.service",
+                                "mode": "0644",
+                            },
+                            "loop": "{{ hsmca_daemons | dict2items }}",
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    extra = {
+        "ansible_python_interpreter": sys.executable,
+        "hsmca_scheduler": "separate",
+        "hsmca_venv": str(deployment.prefix / "venv"),  # ExecStart must exist
+        "hsmca_database_url": "postgresql+psycopg://hsmca@db.example/hsmca",
+        "hsmca_systemd_read_write_paths": ["/srv/witness"],
+    }
+    rendered = subprocess.run(
+        [
+            _tool("ansible-playbook"),
+            "-c",
+            "local",
+            "-i",
+            "localhost,",
+            "-e",
+            json.dumps(extra),
+            str(render),
+        ],
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stdout + rendered.stderr
+    units = sorted(out.glob("*.service"))
+    assert [u.name for u in units] == ["hsmca-scheduler.service", "hsmca.service"]
+    serve = (out / "hsmca.service").read_text()
+    assert "ExecStart=" + str(deployment.prefix / "venv" / "bin" / "hsmca") in serve
+    assert "serve --no-scheduler" in serve
+    assert "ReadWritePaths=/var/lib/hsmca -/srv/witness\n" in serve
+    assert "After=network-online.target postgresql.service\n" in serve
+    verify = subprocess.run(
+        [analyze, "verify", "--man=no", *map(str, units)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stdout + verify.stderr
 
 
 def test_production_uses_the_module_postgresql_and_a_separate_scheduler(
@@ -556,6 +661,38 @@ def test_second_run_changes_nothing(deployed: Deployment) -> None:
     recap = _recap(output)
     changed = re.findall(r"^changed: \[.*$|^TASK \[.*$", output, re.M)
     assert recap["changed"] == 0, "\n".join(changed)
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{deployed.http_port}/healthz", timeout=10
+    ) as response:
+        assert response.status == 200
+
+
+def test_a_changed_inventory_restarts_the_processes(deployed: Deployment) -> None:
+    """A setting and the scheduler's place change: the role rewrites what they touch and
+    restarts; the scheduler moves out of serve (lab) or back into it (production)."""
+    inventory = yaml.safe_load(deployed.inventory.read_text())
+    host = inventory["hsmca"]["hosts"]["localhost"]
+    separate = host.get("hsmca_scheduler", "embedded") == "separate"
+    host["hsmca_scheduler"] = "embedded" if separate else "separate"
+    host["hsmca_settings"] = {**host.get("hsmca_settings", {}), "crl": {"validity_hours": 72}}
+    deployed.inventory.write_text(yaml.safe_dump(inventory))
+    run_dir = deployed.root / "run"
+    old_pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
+    assert set(old_pids) == ({"serve", "scheduler"} if separate else {"serve"})
+
+    result, _ = deployed.playbook()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    assert _recap(output)["changed"] > 0
+    assert "RUNNING HANDLER [hsmca : Restart the hsmca processes]" in output
+    env_file = (deployed.root / "etc" / "default" / "hsmca").read_text()
+    assert "HSMCA_CRL_VALIDITY_HOURS='72'" in env_file
+    new_pids = {p.stem: int(p.read_text()) for p in run_dir.glob("*.pid")}
+    assert set(new_pids) == ({"serve"} if separate else {"serve", "scheduler"})
+    for name, pid in old_pids.items():
+        assert new_pids.get(name) != pid, f"{name} was not restarted"
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     with urllib.request.urlopen(
         f"http://127.0.0.1:{deployed.http_port}/healthz", timeout=10
     ) as response:

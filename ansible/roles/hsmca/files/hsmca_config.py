@@ -49,7 +49,11 @@ def configuration(env_file: Path, data_dir: Path, tls_hostnames: list[str]) -> A
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 3 or argv[0] not in ("check", "render") or (argv[0] == "check" and len(argv) > 3):
+    if (
+        len(argv) < 3
+        or argv[0] not in ("check", "render")
+        or (argv[0] == "check" and len(argv) > 3)
+    ):
         print(__doc__, file=sys.stderr)
         return 2
     command, env_file, data_dir, names = argv[0], Path(argv[1]), Path(argv[2]), argv[3:]
