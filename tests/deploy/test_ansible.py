@@ -22,6 +22,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.request
@@ -211,6 +212,9 @@ def _prepare(root: Path, host_vars: dict[str, object], extra_args: list[str]) ->
         "hsmca_public_base_url": f"http://127.0.0.1:{http_port}",
         "hsmca_healthcheck_url": f"http://127.0.0.1:{http_port}/healthz",
     }
+    exchange = root / "exchange"  # CSRs and certificates of the deployed hsmca (any user)
+    exchange.mkdir()
+    exchange.chmod(0o1777)
     inventory = root / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"hsmca": {"hosts": {"localhost": {**base, **host_vars}}}}))
     return Deployment(
@@ -236,19 +240,41 @@ def _first_run(dep: Deployment, label: str) -> None:
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """The lab setup: SoftHSM token and SQLite that 'hsmca init' makes in the data directory."""
     _require_softhsm()
-    dep = _prepare(
-        tmp_path_factory.mktemp("ansible-lab"),
-        {
-            "hsmca_tls_hostnames": ["localhost", "ca.deploy.test"],
-            "hsmca_settings": {"ca": {"organization": "hsmca deploy test"}},
-        },
-        [],
-    )
+    host_vars: dict[str, object] = {
+        "hsmca_tls_hostnames": ["localhost", "ca.deploy.test"],
+        "hsmca_settings": {"ca": {"organization": "hsmca deploy test"}},
+    }
+    if os.geteuid() == 0 and _user_exists("nobody"):
+        # As root, the services run as an unprivileged user that exists already (no user is
+        # created), as they would as hsmca: the role's privilege drops (setpriv in bin/hsmca,
+        # start-stop-daemon --chuid in hsmca-ctl) and file ownerships are exercised. That user
+        # must reach the prefix, so it is not under pytest's root-only directory.
+        root = Path(tempfile.mkdtemp(prefix="hsmca-ansible-lab-", dir="/tmp"))
+        root.chmod(0o711)
+        host_vars |= {
+            "hsmca_user": "nobody",
+            "hsmca_group": grp.getgrgid(pwd.getpwnam("nobody").pw_gid).gr_name,
+            "hsmca_install_owner": "root",
+            "hsmca_install_group": "root",
+        }
+    else:
+        root = tmp_path_factory.mktemp("ansible-lab")
+    dep = _prepare(root, host_vars, [])
     try:
         _first_run(dep, "lab")
         yield dep
     finally:
         dep.stop()
+        if root.parent == Path("/tmp"):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 @dataclass
@@ -631,6 +657,21 @@ def test_first_run_deploys(deployed: Deployment) -> None:
     for secret in [*(deployed.data_dir / "pins").iterdir(), deployed.data_dir / "pgpass"]:
         if secret.exists():
             assert secret.stat().st_mode & 0o077 == 0, secret
+    # the data belongs to the service user, the programs to their owner, the processes run as
+    # the service user
+    host = yaml.safe_load(deployed.inventory.read_text())["hsmca"]["hosts"]["localhost"]
+    uid = pwd.getpwnam(host["hsmca_user"]).pw_uid
+    for path in [deployed.data_dir, *deployed.data_dir.rglob("*")]:
+        assert path.lstat().st_uid == uid, path
+    owner = pwd.getpwnam(host["hsmca_install_owner"]).pw_uid
+    for path in [deployed.prefix / "bin" / "hsmca", deployed.prefix / "venv" / "bin" / "python"]:
+        assert path.lstat().st_uid == owner, path
+    pids = [int(p.read_text()) for p in (deployed.root / "run").glob("*.pid")]
+    assert pids
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        uids = re.search(r"^Uid:\s+(\d+)\s+(\d+)", status, re.M)
+        assert uids and {int(uids[1]), int(uids[2])} == {uid}, status
 
 
 def test_healthz_answers(deployed: Deployment) -> None:
@@ -679,11 +720,13 @@ def test_issue_through_the_rest_api(deployed: Deployment, tmp_path: Path) -> Non
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
-def test_issue_through_the_deployed_cli(deployed: Deployment, tmp_path: Path) -> None:
-    (tmp_path / "cli.csr").write_bytes(make_csr(["cli.deploy.test"]))
-    out = tmp_path / "cli.pem"
+def test_issue_through_the_deployed_cli(deployed: Deployment) -> None:
+    exchange = deployed.root / "exchange"  # bin/hsmca runs as hsmca_user: files it can reach
+    (exchange / "cli.csr").write_bytes(make_csr(["cli.deploy.test"]))
+    (exchange / "cli.csr").chmod(0o644)
+    out = exchange / "cli.pem"
     issued = deployed.hsmca(
-        "issue", "--csr", str(tmp_path / "cli.csr"), "--profile", "server", "--out", str(out)
+        "issue", "--csr", str(exchange / "cli.csr"), "--profile", "server", "--out", str(out)
     )
     assert issued.returncode == 0, issued.stderr
     serial = f"{x509.load_pem_x509_certificate(out.read_bytes()).serial_number:x}"
