@@ -80,7 +80,11 @@ class ServerConfig(_Section):
     # adding throughput. With PostgreSQL and more cores, raise it.
     workers: int = Field(1, ge=1, le=64, description="gunicorn worker processes per listener")
     threads: int = Field(8, ge=1, le=256, description="gthread threads per worker")
-    timeout_seconds: int = Field(30, ge=1)
+    timeout_seconds: int = Field(
+        30,
+        ge=1,
+        description="gunicorn worker timeout: a request running longer is killed and its worker restarted",
+    )
 
     @field_validator("public_base_url")
     @classmethod
@@ -164,39 +168,72 @@ def _tls_hostname(name: str) -> str:
 class DatabaseConfig(_Section):
     """``[database]``: an SQLAlchemy URL; empty means SQLite ``hsmca.db`` in the data directory."""
 
-    url: str = ""
-    echo: bool = False
+    url: str = Field(
+        "",
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://hsmca@db/hsmca; empty: SQLite hsmca.db in the data directory",
+    )
+    echo: bool = Field(False, description="log every SQL statement (debugging only)")
 
 
 class HsmConfig(_Section):
     """``[hsm]``: the PKCS#11 module and tokens. PIN files are relative to the data directory."""
 
-    module: str = "/usr/lib/softhsm/libsofthsm2.so"
-    token_label: str = "hsmca"
-    pin_file: str = "pins/user.pin"
-    so_pin_file: str = "pins/so.pin"
+    module: str = Field(
+        "/usr/lib/softhsm/libsofthsm2.so",
+        description="path of the PKCS#11 module (SoftHSM2 by default; a network HSM's client library)",
+    )
+    token_label: str = Field(
+        "hsmca",
+        description="label of the token holding the issuing CAs', OCSP responders' and audit keys",
+    )
+    pin_file: str = Field(
+        "pins/user.pin",
+        description="file with the user PIN of token_label (mode 0600); HSMCA_HSM_PIN takes precedence",
+    )
+    so_pin_file: str = Field(
+        "pins/so.pin",
+        description="file with the SO PIN, used only when hsmca init creates a SoftHSM token",
+    )
     softhsm_conf: str = Field("", description="SoftHSM2 config file (embedded default only)")
     root_token_label: str = Field(
         "", description="token of the root key; empty: same as token_label"
     )
-    root_pin_file: str = ""
-    pool_size: int = Field(4, ge=1, le=64)
+    root_pin_file: str = Field(
+        "",
+        description="user PIN file of root_token_label; empty: pin_file. Keep it offline when the root is offline",
+    )
+    pool_size: int = Field(4, ge=1, le=64, description="PKCS#11 sessions each process keeps open")
 
 
 class CaConfig(_Section):
     """``[ca]``: the hierarchy ``hsmca init`` creates."""
 
-    organization: str = "hsmca"
-    country: str = ""
-    root_name: str = "root"
-    root_common_name: str = "hsmca Root CA"
-    root_key: str = "ec:P-384"
-    root_validity_days: int = Field(7305, ge=1, le=36525)
-    intermediate_name: str = "issuing"
-    intermediate_common_name: str = "hsmca Issuing CA"
-    intermediate_key: str = "ec:P-256"
-    intermediate_validity_days: int = Field(1826, ge=1, le=36525)
-    default_issuer: str = "issuing"
+    organization: str = Field("hsmca", description="O of the CA subjects hsmca init creates")
+    country: str = Field("", description="C (two letters) of the CA subjects; empty: none")
+    root_name: str = Field(
+        "root", description="name of the root CA in the CLI, URLs and the database"
+    )
+    root_common_name: str = Field("hsmca Root CA", description="CN of the root CA certificate")
+    root_key: str = Field(
+        "ec:P-384",
+        description="key type of the root, generated in the HSM (ec:P-256|P-384|P-521, rsa:2048|3072|4096)",
+    )
+    root_validity_days: int = Field(
+        7305, ge=1, le=36525, description="validity of the self-signed root certificate"
+    )
+    intermediate_name: str = Field(
+        "issuing", description="name of the issuing CA hsmca init creates"
+    )
+    intermediate_common_name: str = Field(
+        "hsmca Issuing CA", description="CN of the issuing CA certificate"
+    )
+    intermediate_key: str = Field(
+        "ec:P-256", description="key type of the issuing CA, generated in the HSM"
+    )
+    intermediate_validity_days: int = Field(
+        1826, ge=1, le=36525, description="validity of the issuing CA certificate"
+    )
+    default_issuer: str = Field("issuing", description="issuing CA of profiles that name none")
 
     @field_validator("country")
     @classmethod
@@ -220,10 +257,16 @@ class CaConfig(_Section):
 class ProfileConfig(_Section):
     """``[profiles.NAME]``: what a certificate issued under this profile looks like."""
 
-    description: str = ""
+    description: str = Field(
+        "", description="free text, shown in the API and the directory's meta.profiles"
+    )
     issuer: str = Field("", description="issuing CA name; empty: ca.default_issuer")
-    validity_days: int = Field(90, ge=1)
-    max_validity_days: int = Field(397, ge=1)
+    validity_days: int = Field(
+        90, ge=1, description="default validity of certificates under this profile"
+    )
+    max_validity_days: int = Field(
+        397, ge=1, description="most a request may ask for; at least validity_days"
+    )
     key_types: list[str] = Field(
         default_factory=lambda: [
             "ec:P-256",
@@ -232,12 +275,23 @@ class ProfileConfig(_Section):
             "rsa:2048",
             "rsa:3072",
             "rsa:4096",
-        ]
+        ],
+        description="CSR key types accepted",
     )
-    extended_key_usage: list[str] = Field(default_factory=lambda: ["serverAuth"])
-    certificate_policies: list[str] = Field(default_factory=lambda: ["2.23.140.1.2.1"])
-    backdate_seconds: int = Field(60, ge=0, le=3600)
-    require_san: bool = True
+    extended_key_usage: list[str] = Field(
+        default_factory=lambda: ["serverAuth"],
+        description="EKUs: serverAuth, clientAuth, codeSigning, emailProtection, timeStamping, OCSPSigning",
+    )
+    certificate_policies: list[str] = Field(
+        default_factory=lambda: ["2.23.140.1.2.1"], description="certificate policy OIDs (dotted)"
+    )
+    backdate_seconds: int = Field(
+        60,
+        ge=0,
+        le=3600,
+        description="notBefore is this long before the time of issuance (clock skew)",
+    )
+    require_san: bool = Field(True, description="refuse a CSR with no subjectAltName")
     # Names. Rule syntax (also used by API clients' own restrictions):
     #   "host.example"  exactly this name;  ".example"  any name below example, at any depth;
     #   "*.example"     exactly one label below example (and the wildcard name *.example);
@@ -267,7 +321,12 @@ class ProfileConfig(_Section):
         "require_san", description="a CN must repeat a SAN, or is dropped from the subject"
     )
     requires_approval: bool = Field(False, description="dual control: an approver must approve")
-    approval_ttl_hours: int = Field(72, ge=1, le=24 * 90)
+    approval_ttl_hours: int = Field(
+        72,
+        ge=1,
+        le=24 * 90,
+        description="pending requests of a dual-control profile expire after this",
+    )
 
 
 def default_profiles() -> dict[str, ProfileConfig]:
@@ -301,7 +360,7 @@ class ApiConfig(_Section):
         description="extra wait for company before a batch is issued (0: requests arriving while "
         "a batch is being issued form the next one, which batches under load without adding delay)",
     )
-    batch_max: int = Field(32, ge=1, le=256)
+    batch_max: int = Field(32, ge=1, le=256, description="most requests signed in one batch")
 
 
 class CrlConfig(_Section):
@@ -353,8 +412,12 @@ class OcspConfig(_Section):
     nonce_rate_per_second: float = Field(
         50.0, gt=0, le=100000, description="on-the-fly signatures per second per worker"
     )
-    max_request_bytes: int = Field(8192, ge=512, le=65536)
-    max_serials_per_request: int = Field(16, ge=1, le=1000)
+    max_request_bytes: int = Field(
+        8192, ge=512, le=65536, description="larger OCSP requests get 413"
+    )
+    max_serials_per_request: int = Field(
+        16, ge=1, le=1000, description="more certificates in one request: malformedRequest"
+    )
 
 
 class AcmeConfig(_Section):

@@ -663,6 +663,7 @@ from hsmca import (  # noqa: E402, F401
     cli_acme,
     cli_audit,
     cli_clients,
+    cli_config,
     cli_revocation,
     cli_scheduler,
     cli_users,
