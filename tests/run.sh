@@ -37,5 +37,5 @@ echo "== mypy (ca, ocsp, crl)"
 .venv/bin/mypy
 echo "== pytest"
 # Screenshots of the browser tests (and other kept artifacts) land here, outside the temp dirs.
-export HSMCA_TEST_ARTIFACTS="${HSMCA_TEST_ARTIFACTS:-$PWD/test-artifacts}"
+export TEST_ARTIFACTS_DIR="${TEST_ARTIFACTS_DIR:-$PWD/test-artifacts}"
 exec .venv/bin/pytest -p no:cacheprovider "$@"

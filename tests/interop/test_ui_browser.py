@@ -4,7 +4,7 @@ with ``executable_path``; no browser download) against ``hsmca serve`` over HTTP
 A failed sign-in, a sign-in, the dashboard, filtering audit events, a certificate's audit
 trail, chain verification and an export download, as a compliance officer would click through
 them. The page must work under its own Content-Security-Policy: any CSP violation the browser
-reports fails the test. Screenshots go to ``$HSMCA_TEST_ARTIFACTS`` (else the test's tmp_path)
+reports fails the test. Screenshots go to ``$TEST_ARTIFACTS_DIR`` (else the test's tmp_path)
 and their paths are printed.
 """
 
@@ -71,7 +71,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
 
     serial = format(x509.load_pem_x509_certificate(out.read_bytes()).serial_number, "x")
     _cli(data, "revoke", serial, "--reason", "superseded")
-    artifacts = Path(os.environ.get("HSMCA_TEST_ARTIFACTS") or base / "screenshots")
+    artifacts = Path(os.environ.get("TEST_ARTIFACTS_DIR") or base / "screenshots")
     artifacts.mkdir(parents=True, exist_ok=True)
     server = start_server(data, base)
     try:
