@@ -27,8 +27,8 @@ keeps this file equal to its output, so edit the schema's descriptions, not this
 `hsmca.toml` lives in the data directory (or `HSMCA_CONFIG`). It is checked strictly: an
 unknown key, a value of the wrong type (`workers = "2"`) or out of bounds is refused, and the
 error names the key. Keys left out take their defaults. Paths are relative to the data
-directory unless absolute. `HSMCA_<SECTION>_<KEY>` environment variables override keys of
-`[server]`, `[database]`, `[hsm]` and `[ca]` (not lists or profiles). See the operator guide
+directory unless absolute. `HSMCA_<SECTION>_<KEY>` environment variables override single keys
+of a section (e.g. `HSMCA_SERVER_WORKERS=4`; not lists, tables or profiles). See the operator guide
 (`docs/operator-guide.md`) for how the settings work together.
 """
 

@@ -664,6 +664,7 @@ from hsmca import (  # noqa: E402, F401
     cli_audit,
     cli_clients,
     cli_config,
+    cli_inventory,
     cli_revocation,
     cli_scheduler,
     cli_users,

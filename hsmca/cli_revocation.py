@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
+from typing import TextIO
 
 import click
 
 from ca.authority import Authority, normalize_serial
+from ca.mass_revocation import parse_serial_list, revoke_many
 from ca.revocation import CA_REASONS, LEAF_REASONS, AfterRevoke, Revocation, revoke_ca
 from ca.revocation import revoke as revoke_certificate
 from hsmca.cli import Ctx, _actor, ca, handle_errors, main, pass_ctx
@@ -33,7 +36,7 @@ def _report(done: Revocation) -> None:
 
 
 @main.command()
-@click.argument("serial")
+@click.argument("serial", required=False)
 @click.option(
     "--reason",
     required=True,
@@ -41,19 +44,94 @@ def _report(done: Revocation) -> None:
     help="RFC 5280 reason (unspecified is listed without a reason code).",
 )
 @click.option("--comment", default="", help="Kept in the audit record.")
+@click.option(
+    "--serials-file",
+    type=click.File("r"),
+    help="Revoke every serial in this file (one per line, or 'hsmca cert list' JSON lines; "
+    "'-' reads standard input) instead of SERIAL.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="With --serials-file: check the list, revoke nothing."
+)
 @pass_ctx
 @handle_errors
-def revoke(c: Ctx, serial: str, reason: str, comment: str) -> None:
-    """Revoke the certificate with SERIAL (hex, colons allowed).
+def revoke(
+    c: Ctx,
+    serial: str | None,
+    reason: str,
+    comment: str,
+    serials_file: TextIO | None,
+    dry_run: bool,
+) -> None:
+    """Revoke the certificate with SERIAL (hex, colons allowed), or every one in a list.
 
     The revocation is audited and the certificate's OCSP response refreshed at once; the CRL
     follows within [crl] revocation_delay_seconds (or run 'hsmca crl generate'). A CA's
     certificate is revoked with 'hsmca ca revoke NAME'.
+
+    A list is revoked one certificate per transaction, then recorded as a whole
+    (certificate.bulk_revocation); if the run stops, run it again with the same list: what is
+    revoked already is skipped. Exit 1 when a serial is unknown or refused.
     """
-    done = revoke_certificate(
-        c.auth, normalize_serial(serial), reason, _actor(), comment=comment, after=_hooks()
+    if (serial is None) == (serials_file is None):
+        raise click.UsageError("give either SERIAL or --serials-file")
+    if serials_file is None:
+        if dry_run:
+            raise click.UsageError("--dry-run goes with --serials-file")
+        done = revoke_certificate(
+            c.auth, normalize_serial(str(serial)), reason, _actor(), comment=comment, after=_hooks()
+        )
+        _report(done)
+        return
+    _revoke_list(c, serials_file, reason, comment, dry_run)
+
+
+def _revoke_list(c: Ctx, source: TextIO, reason: str, comment: str, dry_run: bool) -> None:
+    listed = parse_serial_list(source)
+    for number, text in listed.bad_lines:
+        click.echo(f"hsmca: error: line {number}: not a serial: {text!r}", err=True)
+    if listed.bad_lines:
+        raise click.exceptions.Exit(1)  # nothing revoked: fix the list first
+    if not listed.serials:
+        raise click.UsageError("the list holds no serials")
+    if dry_run:
+        click.echo(f"{len(listed.serials)} serial(s), list sha256 {listed.sha256}; nothing revoked")
+        return
+    outcome = revoke_many(
+        c.auth, listed, reason, _actor(), comment=comment, after=_hooks(), progress=_progress()
     )
-    _report(done)
+    for unknown in outcome.unknown:
+        click.echo(f"hsmca: error: no certificate with serial {unknown}", err=True)
+    for refused, why in outcome.refused:
+        click.echo(f"hsmca: error: {refused} not revoked: {why}", err=True)
+    click.echo(
+        f"revoked {len(outcome.revoked)}, already revoked {len(outcome.already_revoked)}, "
+        f"unknown {len(outcome.unknown)}, refused {len(outcome.refused)} "
+        f"(list sha256 {listed.sha256})",
+        err=True,
+    )
+    if outcome.hook_errors:
+        click.echo(
+            f"hsmca: warning: {outcome.hook_errors} OCSP refresh(es) failed; the scheduler "
+            "re-signs them (ocsp-presign)",
+            err=True,
+        )
+    for issuer in outcome.issuers:
+        click.echo(f"publish the CRL now with: hsmca crl generate --ca {issuer}", err=True)
+    if not outcome.complete:
+        raise click.exceptions.Exit(1)
+
+
+def _progress() -> Callable[[int, int], None]:
+    """A progress line on stderr every 100 certificates (and at the end) of lists over 100."""
+
+    def show(done: int, total: int) -> None:
+        if total > 100 and (done % 100 == 0 or done == total):
+            end = "\n" if done == total else "\r"
+            click.echo(f"revoking: {done}/{total} ({100 * done // total}%)", nl=False, err=True)
+            click.echo(end, nl=False, err=True)
+
+    return show
 
 
 @ca.command("revoke")
