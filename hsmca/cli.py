@@ -580,6 +580,24 @@ def db_upgrade(c: Ctx) -> None:
     click.echo(f"database at revision {revision}")
 
 
+@db.command("status")
+@pass_ctx
+@handle_errors
+def db_status(c: Ctx) -> None:
+    """Show the schema revision against this hsmca's newest; exit 1 if they differ."""
+    from ca.store.migrate import schema_status
+
+    status = schema_status(c.auth.db.engine)
+    click.echo(f"database revision: {status.current or '(none)'}")
+    click.echo(f"newest migration:  {status.head}")
+    for revision in status.pending:
+        click.echo(f"pending:           {revision}")
+    problem = status.problem()
+    if problem:
+        _fail(problem)
+    click.echo("up to date")
+
+
 # --- serve ------------------------------------------------------------------------------------
 
 
@@ -611,11 +629,15 @@ def serve(
     tls_renew_days, or no longer matches tls_hostnames.
     """
     from ca.issuance import recover_intents
+    from ca.store.migrate import schema_status
     from hsmca.server import listeners, record_config_loaded, run_servers
 
     cfg = c.config
     plain_bind, tls_bind, n_workers = listeners(cfg, bind, https_bind, workers)
     auth = c.auth
+    schema_problem = schema_status(auth.db.engine).problem()
+    if schema_problem:  # before anything reads a table the code expects
+        raise ConfigError(schema_problem)
     resolved = recover_intents(auth, older_than=timedelta(seconds=60))
     if resolved:
         click.echo(
