@@ -205,6 +205,20 @@ class HsmConfig(_Section):
     pool_size: int = Field(4, ge=1, le=64, description="PKCS#11 sessions each process keeps open")
 
 
+class SchedulerConfig(_Section):
+    """``[scheduler]``: the one active scheduler of an installation and its standbys (docs/scaling.md)."""
+
+    standby_poll_seconds: float = Field(
+        15.0,
+        ge=0.5,
+        le=600.0,
+        description="how often a standby scheduler tries to take the scheduler lock, and how often "
+        "the active one checks that it still holds it (a lost database session means a lost "
+        "lock: it stops its jobs and stands by). A standby takes over within this time after the "
+        "active scheduler's database session ends",
+    )
+
+
 class CaConfig(_Section):
     """``[ca]``: the hierarchy ``hsmca init`` creates."""
 
@@ -574,6 +588,7 @@ class AppConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     hsm: HsmConfig = Field(default_factory=HsmConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     ca: CaConfig = Field(default_factory=CaConfig)
     api: ApiConfig = Field(default_factory=ApiConfig)
     crl: CrlConfig = Field(default_factory=CrlConfig)
@@ -645,6 +660,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("server", ServerConfig),
             ("database", DatabaseConfig),
             ("hsm", HsmConfig),
+            ("scheduler", SchedulerConfig),
             ("ca", CaConfig),
             ("api", ApiConfig),
             ("crl", CrlConfig),

@@ -2,7 +2,10 @@
 
 Only one scheduler is active per installation, whatever the number of nodes: it first takes the
 scheduler lock (``flock`` on a file beside the SQLite database; a session-level advisory lock on
-PostgreSQL) and waits as a standby until it gets it. Jobs never run inside gunicorn workers.
+PostgreSQL) and waits as a standby until it gets it, trying every ``[scheduler]
+standby_poll_seconds``. The active one checks as often that its lock's database session is still
+alive: if it is not, the lock is gone (a standby may hold it already), so it stops its jobs and
+stands by. Jobs never run inside gunicorn workers. docs/scaling.md has the several-node picture.
 
 ``python -m hsmca.scheduler`` is what ``hsmca serve`` starts beside gunicorn; ``hsmca scheduler
 run`` runs it in the foreground and ``hsmca scheduler run-once`` runs every job once (cron, tests).
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
@@ -130,14 +134,22 @@ def run_all_once(auth: Authority, names: Sequence[str] = ()) -> dict[str, bool]:
 
 
 class SchedulerLock:
-    """The single-active-scheduler lock (see the module docstring)."""
+    """The single-active-scheduler lock (see the module docstring).
+
+    On PostgreSQL the lock is a property of one database session: if that session ends (the
+    connection broke, the server restarted, an administrator terminated the backend) the lock
+    is gone and a standby elsewhere may already hold it. :meth:`held` asks the session.
+    """
 
     def __init__(self, auth: Authority) -> None:
         self.auth = auth
         self._fd: int | None = None
         self._conn: Any = None
+        self._mutex = threading.Lock()  # job threads and the watchdog share the lock's session
 
     def try_acquire(self) -> bool:
+        """Take the lock if it is free; False if another scheduler holds it or the database is
+        unreachable (a standby keeps trying)."""
         if self.auth.db.is_sqlite:
             path = self.auth.config.data_dir / "scheduler.lock"
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -148,24 +160,74 @@ class SchedulerLock:
                 return False
             self._fd = fd
             return True
-        conn = self.auth.db.engine.connect()
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
-        conn.commit()
+        try:
+            conn = self.auth.db.engine.connect()
+        except SQLAlchemyError as exc:
+            log.warning("scheduler lock: database unreachable: %s", _first_line(exc))
+            return False
+        try:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+            conn.commit()
+        except SQLAlchemyError as exc:
+            log.warning("scheduler lock: %s", _first_line(exc))
+            conn.invalidate()
+            conn.close()
+            return False
         if got:
             self._conn = conn  # the lock lives as long as this session
             return True
         conn.close()
         return False
 
-    def release(self) -> None:
+    def held(self) -> bool:
+        """Whether this scheduler still holds the lock (PostgreSQL: its session is alive and
+        still owns the advisory lock). A flock on a local file cannot be lost."""
         if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._conn is not None:
+            return True
+        with self._mutex:
+            if self._conn is None:
+                return False
+            try:
+                owned = self._conn.execute(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                        " AND pid = pg_backend_pid() AND granted"
+                        " AND ((classid::bigint << 32) | objid::bigint) = :k"
+                    ),
+                    {"k": _LOCK_KEY},
+                ).scalar()
+                self._conn.commit()
+            except SQLAlchemyError as exc:
+                log.error("scheduler lock: its database session is gone: %s", _first_line(exc))
+                self._drop()
+                return False
+            if not owned:
+                log.error("scheduler lock: no longer held by this session")
+                self._drop()
+                return False
+            return True
+
+    def _drop(self) -> None:
+        try:
             # Pooled connections outlive close(): end the session so the lock goes with it.
             self._conn.invalidate()
             self._conn.close()
-            self._conn = None
+        except SQLAlchemyError:
+            pass
+        self._conn = None
+
+    def release(self) -> None:
+        """Give the lock up (the file lock closed; the PostgreSQL session ended)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with self._mutex:
+            if self._conn is not None:
+                self._drop()
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 @contextmanager
@@ -181,27 +243,54 @@ def _signals_stop(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run(config: AppConfig, stop: threading.Event, standby_poll_seconds: float = 15.0) -> int:
-    """Take the scheduler lock (waiting as a standby), then run the jobs until ``stop`` is set."""
-    from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.interval import IntervalTrigger
+def run(config: AppConfig, stop: threading.Event) -> int:
+    """Take the scheduler lock (waiting as a standby), then run the jobs until ``stop`` is set.
 
+    Every ``[scheduler] standby_poll_seconds`` a standby tries the lock and the active scheduler
+    checks it still holds it; one that lost it (its database session ended) stops its jobs and
+    stands by again, since a standby elsewhere may already be running them.
+    """
+    poll = config.scheduler.standby_poll_seconds
     auth = Authority.from_config(config)
-    lock = SchedulerLock(auth)
+    try:
+        while not stop.is_set():
+            lock = SchedulerLock(auth)
+            if not _stand_by(lock, stop, poll):
+                break
+            _run_active(auth, lock, stop, poll)
+    finally:
+        auth.db.dispose()
+    return 0
+
+
+def _stand_by(lock: SchedulerLock, stop: threading.Event, poll: float) -> bool:
+    """Wait until ``lock`` is ours (True) or ``stop`` is set (False)."""
     announced = False
     while not lock.try_acquire():
         if not announced:
-            log.info("another scheduler is active; standing by")
+            log.info("another scheduler is active; standing by (trying every %g s)", poll)
             announced = True
-        if stop.wait(standby_poll_seconds):
-            return 0
-    log.info("scheduler active: %s", ", ".join(j.name for j in jobs(config)))
+        if stop.wait(poll):
+            return False
+    return True
+
+
+def _run_active(auth: Authority, lock: SchedulerLock, stop: threading.Event, poll: float) -> None:
+    """Run the jobs while ``lock`` is held and ``stop`` is not set."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    def guarded(job: Job) -> bool:
+        # Checked before each run too: no job starts once the loss of the lock is visible.
+        return run_job(auth, job) if lock.held() else False
+
+    log.info("scheduler active: %s", ", ".join(j.name for j in jobs(auth.config)))
     scheduler = BackgroundScheduler(timezone="UTC")
-    for job in jobs(config):
+    for job in jobs(auth.config):
         scheduler.add_job(
-            run_job,
+            guarded,
             IntervalTrigger(seconds=job.every.total_seconds()),
-            args=(auth, job),
+            args=(job,),
             id=job.name,
             coalesce=True,
             max_instances=1,
@@ -209,12 +298,13 @@ def run(config: AppConfig, stop: threading.Event, standby_poll_seconds: float = 
         )
     scheduler.start()
     try:
-        stop.wait()
+        while not stop.wait(poll):
+            if not lock.held():
+                log.error("scheduler lock lost: stopping the jobs and standing by")
+                break
     finally:
         scheduler.shutdown(wait=True)
         lock.release()
-        auth.db.dispose()
-    return 0
 
 
 def _exit_when_stdin_closes(stop: threading.Event) -> None:
