@@ -242,7 +242,7 @@ class TokenSessions:
                 f"cannot read the PIN for token {self.token_label!r}: {exc.strerror}"
             ) from None
         try:
-            self._anchor = token.open(rw=True, user_pin=pin)
+            self._anchor = self._open_logged_in(token, pin)
         except p11e.UserAlreadyLoggedIn:
             # Another anchor in this process survived a reset; the login is still valid.
             self._anchor = token.open(rw=True)
@@ -260,6 +260,24 @@ class TokenSessions:
         self._token = token
         self._generation += 1
         return token
+
+    def _open_logged_in(self, token: Any, pin: str) -> Any:
+        """``token.open`` with the user PIN, retrying what a token file being rewritten causes.
+
+        NOTE: SoftHSM reads a token's state from its files at login; while another process
+        rewrites them it can answer CKR_USER_PIN_NOT_INITIALIZED or CKR_GENERAL_ERROR for a
+        token whose PIN is set. A few short retries settle it; a refused PIN is never retried.
+        """
+        delay = 0.05
+        for attempt in range(self._find_retries + 1):
+            try:
+                return token.open(rw=True, user_pin=pin)
+            except (p11e.UserPinNotInitialized, p11e.GeneralError):
+                if attempt == self._find_retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise AssertionError("unreachable")
 
     def _forget_locked(self) -> None:
         """Drop every session (after a loss or a fork). Caller holds ``self._lock``."""

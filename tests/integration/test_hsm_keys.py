@@ -212,3 +212,43 @@ def test_transient_general_error_while_finding_the_token_is_retried(softhsm_toke
     with sessions.session() as session:
         assert session is not None
     assert len(failures) == 2
+
+
+def test_user_pin_not_initialized_during_a_token_rewrite_is_retried_at_login(
+    softhsm_token, monkeypatch
+):
+    """SoftHSM can report CKR_USER_PIN_NOT_INITIALIZED at login while another process rewrites
+    the token's files; the login is tried again and succeeds (seen under load in CI)."""
+    import pkcs11.exceptions as p11e
+
+    from ca.keys import pkcs11 as backend
+
+    token, pin = softhsm_token
+    real_lib = backend._open_library(token.module)
+    failures = []
+
+    class FlakyToken:
+        def __init__(self, real):
+            self.real = real
+
+        def open(self, **kw):
+            if len(failures) < 2:
+                failures.append(1)
+                raise p11e.UserPinNotInitialized()
+            return self.real.open(**kw)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    class FlakyLib:
+        def get_token(self, **kw):
+            return FlakyToken(real_lib.get_token(**kw))
+
+        def reinitialize(self):
+            pass
+
+    monkeypatch.setattr(backend, "_open_library", lambda module: FlakyLib())
+    ks = Pkcs11KeyStore(token.module, {token.label: lambda: pin})
+    with ks.sessions(token.label).session() as session:
+        assert session is not None
+    assert len(failures) == 2
