@@ -38,6 +38,7 @@ SPECIAL_ENV = {
     "HSMCA_CONFIG",
     "HSMCA_HSM_PIN",
     "HSMCA_HSM_ROOT_PIN",
+    "HSMCA_NOTICES_SMTP_PASSWORD",
     "HSMCA_TEST_PG_URL",
     "HSMCA_TEST_KEEP",
 }
@@ -581,6 +582,163 @@ class UiConfig(_Section):
     )
 
 
+class NoticeOwnerConfig(_Section):
+    """``[notices.owners.NAME]``: where the expiry notices of one owner go (instead of the defaults)."""
+
+    email: list[str] = Field(
+        default_factory=list,
+        description="recipients of this owner's notices; empty: default_recipients",
+        max_length=100,
+    )
+    webhook_url: str = Field(
+        "", description="http(s) URL this owner's notices are POSTed to; empty: webhook_url"
+    )
+    webhook_secret_file: str = Field(
+        "", description="HMAC secret of this owner's webhook; empty: webhook_secret_file"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _notice_url(value)
+
+    @field_validator("email")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        return _notice_emails(value)
+
+
+class NoticesConfig(_Section):
+    """``[notices]``: expiry notices to certificate owners by webhook and/or e-mail.
+
+    The owner of a certificate is its ``metadata.owner`` from enrollment, else the API client
+    that requested it (an ACME account bound to a client by EAB counts as that client). See
+    ``docs/expiry-notices.md``.
+    """
+
+    enabled: bool = Field(False, description="run the expiry-notices job")
+    windows_days: list[int] = Field(
+        default_factory=lambda: [30, 14, 7, 1],
+        description="notify when a certificate has this many days or fewer left; each owner "
+        "is notified once per window (the smallest window reached)",
+        min_length=1,
+        max_length=20,
+    )
+    every_minutes: int = Field(15, ge=1, le=1440, description="how often the job looks")
+    retry_minutes: int = Field(
+        15,
+        ge=1,
+        le=1440,
+        description="first wait before a failed notice is tried again; doubles per failure, "
+        "at most 6 hours",
+    )
+    webhook_url: str = Field(
+        "", description="http(s) URL every owner's notices are POSTed to (JSON); empty: none"
+    )
+    webhook_secret_file: str = Field(
+        "",
+        description="file with the HMAC-SHA256 key of the X-Hsmca-Signature header (mode 0600)",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="connect and read timeout of one POST"
+    )
+    webhook_attempts: int = Field(
+        3, ge=1, le=10, description="POSTs per notice and run before it counts as failed"
+    )
+    webhook_backoff_seconds: float = Field(
+        1.0, ge=0, le=60, description="wait before the second POST; doubles for each next one"
+    )
+    smtp_host: str = Field("", description="SMTP server of e-mail notices; empty: no e-mail")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port (submission, STARTTLS)")
+    smtp_from: str = Field("", description="From address of the notices")
+    smtp_username: str = Field("", description="SMTP login name; empty: no login")
+    smtp_password_file: str = Field(
+        "",
+        description="file with the SMTP password (mode 0600); HSMCA_NOTICES_SMTP_PASSWORD "
+        "takes precedence",
+    )
+    smtp_timeout_seconds: float = Field(30.0, gt=0, le=300, description="SMTP timeout")
+    smtp_allow_plain: bool = Field(
+        False,
+        description="send without TLS when the server offers no STARTTLS (labs only; never "
+        "with a login)",
+    )
+    tls_ca_file: str = Field(
+        "",
+        description="PEM CA certificates trusted for webhook HTTPS and SMTP STARTTLS; empty: "
+        "the system's",
+    )
+    default_recipients: list[str] = Field(
+        default_factory=list,
+        description="recipients of the notices of owners without their own email list",
+        max_length=100,
+    )
+    acme_contacts: bool = Field(
+        True,
+        description="mail the notices of ACME accounts not bound to a client to the account's "
+        "mailto: contacts (unless the owner has its own email list)",
+    )
+    owners: dict[str, NoticeOwnerConfig] = Field(
+        default_factory=dict, description="destinations per owner name"
+    )
+
+    @field_validator("windows_days")
+    @classmethod
+    def _windows(cls, value: list[int]) -> list[int]:
+        if any(d < 1 or d > 3650 for d in value):
+            raise ValueError("each window is 1 to 3650 days")
+        if len(set(value)) != len(value):
+            raise ValueError("a window is listed twice")
+        return sorted(value, reverse=True)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _notice_url(value)
+
+    @field_validator("default_recipients")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        return _notice_emails(value)
+
+    @model_validator(mode="after")
+    def _complete(self) -> NoticesConfig:
+        hooks = [("webhook_url", self.webhook_url, self.webhook_secret_file)] + [
+            (
+                f"owners.{n}.webhook_url",
+                o.webhook_url,
+                o.webhook_secret_file or self.webhook_secret_file,
+            )
+            for n, o in self.owners.items()
+        ]
+        for key, url, secret in hooks:
+            if url and not secret:
+                raise ValueError(f"{key} needs a webhook_secret_file (notices are always signed)")
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("smtp_host needs smtp_from")
+        if not self.smtp_host and (
+            self.default_recipients or any(o.email for o in self.owners.values())
+        ):
+            raise ValueError("e-mail recipients are set but smtp_host is empty")
+        return self
+
+
+_NOTICE_EMAIL = re.compile(r"^[^@\s<>,;\"]+@[^@\s<>,;\"]+$")
+
+
+def _notice_url(value: str) -> str:
+    if value and not value.startswith(("https://", "http://")):
+        raise ValueError("must be empty or an http(s):// URL")
+    return value
+
+
+def _notice_emails(value: list[str]) -> list[str]:
+    for address in value:
+        if not _NOTICE_EMAIL.match(address):
+            raise ValueError(f"{address!r} is not an e-mail address")
+    return list(dict.fromkeys(value))
+
+
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
@@ -596,6 +754,7 @@ class AppConfig(_Section):
     acme: AcmeConfig = Field(default_factory=AcmeConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    notices: NoticesConfig = Field(default_factory=NoticesConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -668,6 +827,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("acme", AcmeConfig),
             ("audit", AuditConfig),
             ("ui", UiConfig),
+            ("notices", NoticesConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -760,10 +920,16 @@ def render_toml(config: AppConfig) -> str:
         "acme": AcmeConfig,
         "audit": AuditConfig,
         "ui": UiConfig,
+        "notices": NoticesConfig,
     }
+    owners = data["notices"].pop("owners")
     for section, model in models.items():
         lines.append(f"[{section}]")
         lines += _toml_keys(model, data[section])
+        lines.append("")
+    for name, owner in owners.items():
+        lines.append(f"[notices.owners.{_toml_value(name)}]")
+        lines += _toml_keys(NoticeOwnerConfig, owner)
         lines.append("")
     if data["profiles"]:
         lines += [

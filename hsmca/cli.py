@@ -687,6 +687,7 @@ from hsmca import (  # noqa: E402, F401
     cli_clients,
     cli_config,
     cli_inventory,
+    cli_notices,
     cli_revocation,
     cli_scheduler,
     cli_users,

@@ -91,6 +91,12 @@ def _audit_checkpoint(auth: Authority, now: datetime) -> object:
     return run_once(auth, now)
 
 
+def _expiry_notices(auth: Authority, now: datetime) -> object:
+    from ca.notices_job import run_once
+
+    return run_once(auth, now)
+
+
 def jobs(config: AppConfig) -> list[Job]:
     """Every scheduled job of an installation.
 
@@ -107,6 +113,8 @@ def jobs(config: AppConfig) -> list[Job]:
         Job("publish-crls", timedelta(seconds=crl_every), _publish_crls),
         # Signs only when due ([audit] checkpoint_every_events / _seconds); cheap otherwise.
         Job("audit-checkpoint", timedelta(seconds=5), _audit_checkpoint),
+        # Does nothing unless [notices] enabled; sends each (certificate, window) once.
+        Job("expiry-notices", timedelta(minutes=config.notices.every_minutes), _expiry_notices),
     ]
 
 

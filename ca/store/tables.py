@@ -400,3 +400,30 @@ class UiLoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64), index=True)
     address: Mapped[str] = mapped_column(String(64), index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+class ExpiryNotice(Base):
+    """One certificate's expiry notice for one window and channel (``ca/notices_job.py``).
+
+    Written in the transaction of the ``notice.sent`` / ``notice.failed`` event. ``sent``
+    rows are never sent again; a ``failed`` row is tried again from ``next_attempt_at``.
+    No row at all means "not sent yet" (a crash after a POST and before this row's commit
+    sends the notice again: delivery is at least once).
+    """
+
+    __tablename__ = "expiry_notices"
+    __table_args__ = (UniqueConstraint("serial", "window_days", "channel"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    serial: Mapped[str] = mapped_column(String(64), index=True)
+    window_days: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(16))  # webhook | email
+    owner: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # sent | failed
+    notice_id: Mapped[str] = mapped_column(String(64))  # of the last notice it was part of
+    attempts: Mapped[int] = mapped_column(Integer)  # runs that tried (failed runs + the sent one)
+    first_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    last_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # failed only
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
