@@ -208,11 +208,9 @@ def record(
         "attempts": delivered.attempts,
     }
     if delivered.ok:
-        action = "notice.sent"
         if delivered.detail:
             details["result"] = delivered.detail
     else:
-        action = "notice.failed"
         details["error"] = delivered.error
         details["failures"] = failures
         details["next_attempt_at"] = (now + retry_delay(failures, base)).strftime(
@@ -220,7 +218,14 @@ def record(
         )
     with auth.db.write() as conn:
         store.record_notices(conn, rows, now)
-        auth.db.append_audit(conn, now, ACTOR, action, notice.owner, details)
+        auth.db.append_audit(
+            conn,
+            now,
+            ACTOR,
+            "notice.sent" if delivered.ok else "notice.failed",
+            notice.owner,
+            details,
+        )
 
 
 def _destination(notice: Notice) -> str | list[str]:
