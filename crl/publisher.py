@@ -118,8 +118,12 @@ def publish(
     now: datetime | None = None,
     shards: Iterable[int] | None = None,
     actor: str = "hsmca",
+    number_skip: int = 0,
 ) -> list[PublishedCrl]:
     """Publish new CRLs of CA ``ca_name`` (all its shards, or ``shards``) as of ``now``.
+
+    ``number_skip`` leaves that many CRL numbers unused first (after a restore from backup,
+    whose CRLs published since the backup must never have their numbers reused).
 
     Needs the CA's key: raises HsmUnavailable, HsmKeyNotFound or KeyMismatch when it cannot be
     used, and NotFound for an unknown or revoked CA.
@@ -137,7 +141,7 @@ def publish(
     # A barrier: revocations take their time inside the writer lock, so once this process has
     # held it, every revocation timestamped before `now` has committed and will be read below.
     with auth.db.write() as conn:
-        numbers = {s: crls.last_crl_number(conn, ca.id, s) + 1 for s in wanted}
+        numbers = {s: crls.last_crl_number(conn, ca.id, s) + 1 + number_skip for s in wanted}
     published = []
     for shard in wanted:
         started = time.perf_counter()

@@ -684,6 +684,7 @@ def serve(
 from hsmca import (  # noqa: E402, F401
     cli_acme,
     cli_audit,
+    cli_backup,
     cli_clients,
     cli_config,
     cli_inventory,
