@@ -59,6 +59,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CONFIG_MEMBER = "hsmca.toml"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+#: The zip comment, last in the file: the SHA-256 (hex) of every byte before the digest, so that
+#: a change anywhere (zip headers and timestamps included) is refused.
+TRAILER = b"hsmca-backup-sha256:"
+_TRAILER_LEN = len(TRAILER) + 64
 BATCH = 2000
 
 #: Column kinds: how a value is written in the JSON lines.
@@ -378,10 +382,16 @@ def write_backup(
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=directory)
     try:
         os.fchmod(fd, 0o600)  # the dump holds password hashes and shared secrets
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "w+b") as fh:
             manifest = _write_zip(
                 engine, fh, config_text, notes, hsmca_version, alembic_revision, now, progress
             )
+            fh.flush()
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(0)
+            digest = _stream_sha256(fh, size - 64)
+            fh.seek(size - 64)
+            fh.write(digest.encode("ascii"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, out)
@@ -453,17 +463,44 @@ def _write_zip(
             config_notes=notes,
         )
         zf.writestr(MANIFEST, manifest.to_json())
+        zf.comment = TRAILER + b"0" * 64  # the digest is written once the file is complete
     if progress is not None:
         progress(total, total)
     return manifest
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        return _stream_sha256(fh, None)
+
+
+def _stream_sha256(fh: IO[bytes], size: int | None) -> str:
+    """SHA-256 hex of the next ``size`` bytes of ``fh`` (None: to the end)."""
+    digest = hashlib.sha256()
+    left = size
+    while left is None or left > 0:
+        block = fh.read(1 << 20 if left is None else min(1 << 20, left))
+        if not block:
+            break
+        digest.update(block)
+        if left is not None:
+            left -= len(block)
     return digest.hexdigest()
+
+
+def check_trailer(path: Path) -> None:
+    """Refuse a file whose closing digest is missing (not a backup, or truncated) or wrong."""
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size < _TRAILER_LEN:
+            raise BackupError(f"{path}: not an hsmca backup (too short, or truncated)")
+        fh.seek(size - _TRAILER_LEN)
+        tail = fh.read(_TRAILER_LEN)
+        if not tail.startswith(TRAILER):
+            raise BackupError(f"{path}: not an hsmca backup (not one, or truncated)")
+        fh.seek(0)
+        if _stream_sha256(fh, size - 64).encode("ascii") != tail[len(TRAILER) :]:
+            raise BackupError(f"{path}: the file was altered (its SHA-256 trailer does not match)")
 
 
 # --- I/O: reading and checking -----------------------------------------------------------------
@@ -495,6 +532,7 @@ def open_backup(path: Path, progress: Progress | None = None) -> BackupFile:
     """Open ``path`` and verify it completely before anything is changed: the manifest, the
     SHA-256 and row count of every member, and the audit head. BackupError says what is wrong."""
     try:
+        check_trailer(path)
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise BackupError(f"{path}: no such file") from None
