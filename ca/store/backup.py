@@ -326,7 +326,8 @@ def redact_database_password(config_text: str) -> tuple[str, tuple[str, ...]]:
         return config_text, ()
     if parsed.password is None:
         return config_text, ()
-    bare = parsed.set(password=None).render_as_string(hide_password=False)
+    # URL.set() takes None as "unchanged"; the named tuple's _replace really clears it.
+    bare = parsed._replace(password=None).render_as_string(hide_password=False)
     replaced = config_text.replace(json.dumps(url), json.dumps(bare))
     if replaced == config_text:
         replaced = config_text.replace(url, bare)
