@@ -204,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
             _say(f"SET-UP FAILED: {_err(exc)}")
             traceback.print_exc(file=sys.stdout)
             return
+        with auth.db.engine.connect() as conn:
+            version = conn.exec_driver_sql("SHOW server_version").scalar()
+        _say(f"  postgresql    {version} (fsync on, a cluster on this machine)")
         _say(
             f"set-up: PostgreSQL, token, CAs, client, two nodes in {time.perf_counter() - t0:.1f} s"
         )
