@@ -31,7 +31,9 @@ from acme import client as acme_client
 from acmejws import encode, sign
 from acmetools import http01_config, http01_server
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from helpers import make_csr
 from serve import Server, alive, run, start_server, wait_until
 from sqlalchemy.engine import make_url
@@ -254,6 +256,42 @@ def test_the_audit_chain_of_both_nodes_is_one_and_verifies(nodes):
         ).scalar_one()
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # gapless
     assert issued >= 48  # the REST and ACME issuances above, each in the chain
+
+
+def test_a_revocation_through_one_node_is_revoked_in_the_other_nodes_ocsp_at_once(nodes):
+    issued = _rest_issue(nodes, nodes.a, "ocsp.nodes.test")
+    assert issued.status_code == 201, issued.text
+    leaf = x509.load_pem_x509_certificate(issued.json()["certificate"].encode())
+    issuer = x509.load_pem_x509_certificates(issued.json()["chain"].encode())[0]
+    request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(leaf, issuer, hashes.SHA1())
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+    def status_at(srv: Server) -> ocsp.OCSPCertStatus:
+        resp = requests.post(
+            f"{srv.http}/ocsp",
+            data=request,
+            headers={"Content-Type": "application/ocsp-request"},
+            timeout=10,
+        )
+        return ocsp.load_der_ocsp_response(resp.content).certificate_status
+
+    assert status_at(nodes.b) == ocsp.OCSPCertStatus.GOOD
+    revoke = requests.post(
+        f"{nodes.a.https}/api/v1/certificates/{issued.json()['serial']}/revoke",
+        json={"reason": "keyCompromise"},
+        headers={"Authorization": f"Bearer {nodes.token}"},
+        verify=str(nodes.a.root),
+        timeout=30,
+    )
+    assert revoke.status_code == 200, revoke.text
+    revoked_at = time.monotonic()
+    # Each worker caches a response for at most half a second before reading it again.
+    wait_until(lambda: status_at(nodes.b) == ocsp.OCSPCertStatus.REVOKED, 5, "node B's OCSP")
+    assert time.monotonic() - revoked_at < 2
 
 
 # --- one scheduler, and takeover ----------------------------------------------------------------
