@@ -12,6 +12,7 @@ it dies, or its database session is terminated, a standby takes the jobs over wi
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -21,6 +22,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import josepy as jose
 import pytest
@@ -202,10 +205,31 @@ def test_rest_issuance_through_both_nodes_at_once_gives_unique_serials(nodes):
     assert dupes == []
 
 
-def _acme_issue(srv: Server, name: str) -> str:
-    """A whole ACME issuance (account, order, http-01, finalize) through ``srv``; the PEM."""
+class Balanced(acme_client.ClientNetwork):
+    """Sends each request to the next of ``ports`` with the ``Host`` it was meant for, as a load
+    balancer in front of the nodes would (every node then sees the same URLs)."""
+
+    def __init__(self, *args: Any, ports: list[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ports = itertools.cycle(ports)
+        self.sent: list[int] = []
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        parts = urlsplit(url)
+        port = next(self.ports)
+        self.sent.append(port)
+        kwargs.setdefault("headers", {})["Host"] = parts.netloc
+        target = parts._replace(netloc=f"127.0.0.1:{port}").geturl()
+        return super()._send_request(method, target, *args, **kwargs)
+
+
+def _acme_issue(srv: Server, name: str, ports: list[int] | None = None) -> str:
+    """A whole ACME issuance (account, order, http-01, finalize) through ``srv`` (or with each
+    request sent to the next of ``ports``, ``srv``'s URLs throughout); the PEM chain."""
     key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = acme_client.ClientNetwork(key, alg=jose.ES256, verify_ssl=str(srv.root), timeout=30)
+    net = Balanced(
+        key, alg=jose.ES256, verify_ssl=str(srv.root), timeout=30, ports=ports or [srv.https_port]
+    )
     directory = acme_client.ClientV2.get_directory(f"{srv.https}/acme/directory", net)
     client = acme_client.ClientV2(directory, net)
     client.net.account = client.new_account(
@@ -218,6 +242,8 @@ def _acme_issue(srv: Server, name: str) -> str:
         SERVED[chall.chall.encode("token")] = validation
         client.answer_challenge(chall, response)
     done = client.poll_and_finalize(order)
+    if ports:
+        assert set(net.sent) == set(ports), net.sent
     return str(done.fullchain_pem)
 
 
@@ -229,6 +255,13 @@ def test_acme_issuance_through_both_nodes_at_once_gives_unique_serials(nodes):
     leaves = [x509.load_pem_x509_certificates(c.encode())[0] for c in chains]
     assert len({leaf.serial_number for leaf in leaves}) == len(jobs)
     assert nodes.count("certificates") == before + len(jobs)
+
+
+def test_an_acme_issuance_with_each_request_at_the_next_node_needs_no_sticky_sessions(nodes):
+    ports = [srv.https_port for srv in nodes.both()]
+    chain = _acme_issue(nodes.a, "balanced.nodes.test", ports=ports)
+    leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+    assert leaf.subject.rfc4514_string() == "CN=balanced.nodes.test"
 
 
 def test_a_nonce_from_one_node_is_good_once_at_the_other(nodes):
