@@ -159,11 +159,20 @@ def is_renewed(cert: ExpiringCertificate, others: Iterable[ExpiringCertificate])
 def drop_renewed(
     candidates: Iterable[ExpiringCertificate], others: Sequence[ExpiringCertificate]
 ) -> list[ExpiringCertificate]:
-    """``candidates`` less the renewed ones (``others``: the owners' other certificates)."""
-    by_owner: dict[str, list[ExpiringCertificate]] = {}
+    """``candidates`` less the renewed ones (``others``: the owners' other certificates).
+
+    Same verdicts as :func:`is_renewed` for each candidate, but a renewal must hold every name
+    of the candidate, so only the certificates holding one chosen name of it are compared:
+    linear in the names, not quadratic in an owner's certificates.
+    """
+    holding: dict[tuple[str, str], list[ExpiringCertificate]] = {}
     for o in others:
-        by_owner.setdefault(o.owner, []).append(o)
-    return [c for c in candidates if not is_renewed(c, by_owner.get(c.owner, ()))]
+        if not o.revoked:
+            for name in o.identity():
+                holding.setdefault((o.owner, name), []).append(o)
+    return [
+        c for c in candidates if not is_renewed(c, holding.get((c.owner, min(c.identity())), ()))
+    ]
 
 
 def group_by_owner(

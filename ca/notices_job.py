@@ -82,9 +82,7 @@ def collect(auth: Authority, now: datetime) -> Plan:
         owners = {_owner(r, accounts) for r in rows}
         bound = store.acme_accounts_bound_to(conn, owners)
         requesters = owners | {r["requester"] for r in rows} | {f"acme:{i}" for i in bound}
-        later = store.later_certificates(
-            conn, owners, requesters, min(r["not_after"] for r in rows)
-        )
+        later = store.later_certificates(conn, requesters, min(r["not_after"] for r in rows))
         accounts |= store.acme_accounts(conn, set(_acme_ids(later)) - set(accounts))
         recorded = store.recorded_notices(conn, [r["serial"] for r in rows])
     candidates = [_certificate(r, accounts) for r in rows]
@@ -108,9 +106,22 @@ def run_once(auth: Authority, now: datetime | None = None) -> list[NoticeResult]
     now = now or auth.now()
     plan = collect(auth, now)
     secrets: dict[Path, bytes] = {}
+    # A receiver that exhausted its POSTs for one notice is not tried again in this run, so a
+    # dead one costs one notice's timeouts per run, not every owner's.
+    dead: dict[str, str] = {}
     results = []
     for notice in plan.notices:
-        delivered = deliver(auth, notice, now, secrets)
+        url = notice.destinations.webhook_url if notice.channel == "webhook" else ""
+        if url in dead:
+            delivered = Delivered(False, 0, f"not tried: {dead[url]} for another notice this run")
+        else:
+            delivered = deliver(auth, notice, now, secrets)
+            if (
+                url
+                and not delivered.ok
+                and delivered.attempts >= auth.config.notices.webhook_attempts
+            ):
+                dead[url] = delivered.error
         record(auth, notice, delivered, plan.prior, now)
         if delivered.ok:
             log.info(

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, or_, select, update
 
 from ca.store import tables as t
 
@@ -48,9 +48,11 @@ def _rows(conn: Connection, *where: Any) -> list[dict[str, Any]]:
         .where(*where)
         .order_by(_c.id)
     )
+    result = conn.execute(query)
+    keys = list(result.keys())  # once: a mapping per row costs more than the query
     out = []
-    for row in conn.execute(query).all():
-        values = dict(row._mapping)
+    for row in result.all():
+        values = dict(zip(keys, row, strict=True))
         values["sans"] = tuple(json.loads(values["sans"]))
         out.append(values)
     return out
@@ -70,15 +72,19 @@ def expiring_certificates(
 
 
 def later_certificates(
-    conn: Connection, owners: Iterable[str], requesters: Iterable[str], after: datetime
+    conn: Connection, names: Iterable[str], after: datetime
 ) -> list[dict[str, Any]]:
-    """Issued certificates expiring after ``after`` whose owner or requester is listed (the
-    possible renewals of the candidates)."""
+    """Issued certificates expiring after ``after`` whose owner or requester is one of ``names``
+    (the possible renewals of the candidates)."""
     found: dict[str, dict[str, Any]] = {}
-    for column, values in ((_c.owner, owners), (_c.requester, requesters)):
-        for batch in _chunks(sorted(set(values))):
-            for row in _rows(conn, _c.status == "issued", _c.not_after > after, column.in_(batch)):
-                found[row["serial"]] = row
+    for batch in _chunks(sorted(set(names))):
+        for row in _rows(
+            conn,
+            _c.status == "issued",
+            _c.not_after > after,
+            or_(_c.owner.in_(batch), _c.requester.in_(batch)),
+        ):
+            found[row["serial"]] = row
     return list(found.values())
 
 
@@ -132,25 +138,21 @@ def record_notices(
     transaction (which holds the writer lock, so nobody inserts the same key meanwhile).
     """
     n = t.ExpiryNotice
+    existing: dict[tuple[str, int, str], int] = {}
+    for batch in _chunks(sorted({r["serial"] for r in rows})):
+        query = select(n.id, n.serial, n.window_days, n.channel).where(n.serial.in_(batch))
+        for found in conn.execute(query):
+            existing[(found.serial, int(found.window_days), found.channel)] = int(found.id)
+    fresh = []
     for row in rows:
-        key = (
-            n.serial == row["serial"],
-            n.window_days == row["window_days"],
-            n.channel == row["channel"],
-        )
-        values = {k: row[k] for k in row if k not in ("serial", "window_days", "channel")}
-        changed = conn.execute(update(n).where(*key).values(last_attempt_at=now, **values))
-        if not changed.rowcount:
-            conn.execute(
-                insert(n).values(
-                    serial=row["serial"],
-                    window_days=row["window_days"],
-                    channel=row["channel"],
-                    first_attempt_at=now,
-                    last_attempt_at=now,
-                    **values,
-                )
-            )
+        row_id = existing.get((row["serial"], row["window_days"], row["channel"]))
+        if row_id is None:
+            fresh.append({**row, "first_attempt_at": now, "last_attempt_at": now})
+            continue
+        values = {k: v for k, v in row.items() if k not in ("serial", "window_days", "channel")}
+        conn.execute(update(n).where(n.id == row_id).values(last_attempt_at=now, **values))
+    if fresh:
+        conn.execute(insert(n), fresh)  # one executemany for a notice's new rows
 
 
 def recorded(conn: Connection, serial: str) -> list[dict[str, Any]]:

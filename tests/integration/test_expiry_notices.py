@@ -367,6 +367,28 @@ def test_a_dead_receiver_is_audited_once_per_failed_run_and_a_later_run_delivers
         receiver.stop()
 
 
+def test_a_dead_receiver_costs_one_notice_of_timeouts_per_run_not_every_owners(
+    ca_env: CaEnv,
+) -> None:
+    receiver = Receiver([503] * 10)
+    try:
+        auth = notices_auth(ca_env, webhook_url=receiver.url, webhook_attempts=2)
+        for owner in ("team-a", "team-b", "team-c"):
+            _issue(auth, f"{owner}.corp.test", 10, owner=owner)
+        results = run_once(auth, auth.now())
+        assert [r.delivered.attempts for r in results] == [2, 0, 0]
+        assert len(receiver.posts) == 2
+        assert "not tried: HTTP 503" in results[1].delivered.error
+        # None is lost: each is a recorded, audited failure, tried again on the retry schedule.
+        assert sorted(e.subject for e in auth.db.audit_events("notice.failed")) == [
+            "team-a",
+            "team-b",
+            "team-c",
+        ]
+    finally:
+        receiver.stop()
+
+
 def test_a_crash_between_delivery_and_record_sends_the_notice_again_with_the_same_id(
     ca_env: CaEnv, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -414,11 +436,13 @@ def test_mail_goes_over_starttls_with_a_login_once_per_owner_and_window(
         a1 = _issue(auth, "m1.corp.test", 10, owner="team-a")
         a2 = _issue(auth, "m2.corp.test", 8, owner="team-a")
         other = _issue(auth, "m3.corp.test", 10, owner="team-z")
+        loose = _acme_account(auth, None, ["mailto:ops@corp.test", "tel:+1555"])
+        acme = _issue(auth, "m4.corp.test", 10, requester=f"acme:{loose}")
         start = _head(auth)
 
         results = run_once(auth, now)
-        assert [r.delivered.ok for r in results] == [True, True], results
-        assert len(mailbox.envelopes) == 2
+        assert [r.delivered.ok for r in results] == [True, True, True], results
+        assert len(mailbox.envelopes) == 3
         by_to = {tuple(e.rcpt_tos): message_from_bytes(e.content) for e in mailbox.envelopes}
         mail = by_to[("a@corp.test", "lead@corp.test")]
         assert mail["Subject"] == "[hsmca] 2 certificates of team-a expire within 14 days"
@@ -426,13 +450,15 @@ def test_mail_goes_over_starttls_with_a_login_once_per_owner_and_window(
         text = mail.get_payload(decode=True).decode()
         assert text.index(a2) < text.index(a1)  # soonest first
         assert other in by_to[("pki-team@corp.test",)].get_payload(decode=True).decode()
+        # An ACME account bound to no client: its own mailto: contacts, not the catch-all.
+        assert acme in by_to[("ops@corp.test",)].get_payload(decode=True).decode()
         sent = _events(auth, "notice.sent", start)
         assert {e.details["channel"] for e in sent} == {"email"}
         assert all(e.details["result"] == "TLS" for e in sent)
         assert "mail-pw" not in json.dumps([e.details for e in sent])
 
         assert run_once(auth, now + timedelta(hours=1)) == []
-        assert len(mailbox.envelopes) == 2
+        assert len(mailbox.envelopes) == 3
     finally:
         smtp.stop()
 
@@ -464,6 +490,45 @@ def test_mail_is_not_sent_to_a_server_without_starttls_unless_plain_is_allowed(
         assert len(mailbox.envelopes) == 1
     finally:
         smtp.stop()
+
+
+def test_a_refusing_receiver_is_not_retried_within_the_run(ca_env: CaEnv) -> None:
+    receiver = Receiver([401])
+    try:
+        auth = notices_auth(ca_env, webhook_url=receiver.url, webhook_attempts=5)
+        _issue(auth, "refused.corp.test", 10, owner="team-a")
+        [result] = run_once(auth, auth.now())
+        assert not result.delivered.ok and result.delivered.attempts == 1
+        assert "HTTP 401 (refused by the receiver)" == result.delivered.error
+        assert len(receiver.posts) == 1
+    finally:
+        receiver.stop()
+
+
+def test_an_https_receiver_is_trusted_only_through_tls_ca_file(
+    ca_env: CaEnv, tmp_path: Path
+) -> None:
+    import ssl
+
+    receiver = Receiver()
+    crt, key, ca_file = _tls_files(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(crt, key)
+    receiver.server.socket = context.wrap_socket(receiver.server.socket, server_side=True)
+    url = receiver.url.replace("http://", "https://")
+    try:
+        _issue(ca_env.auth, "tls.corp.test", 10, owner="team-a")
+        untrusted = notices_auth(ca_env, webhook_url=url, webhook_attempts=1)
+        [result] = run_once(untrusted, untrusted.now())
+        assert not result.delivered.ok and "CERTIFICATE_VERIFY_FAILED" in result.delivered.error
+        assert receiver.posts == []
+
+        trusted = notices_auth(ca_env, webhook_url=url, tls_ca_file=str(ca_file))
+        [result] = run_once(trusted, trusted.now() + timedelta(minutes=20))
+        assert result.delivered.ok, result.delivered
+        assert len(receiver.payloads()) == 1
+    finally:
+        receiver.stop()
 
 
 def test_an_owner_without_destination_is_a_failed_notice_not_a_silent_one(ca_env: CaEnv) -> None:

@@ -4,6 +4,7 @@ sent and how it is signed; and the [notices] configuration section."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from ca.notices import (
     drop_renewed,
     group_by_owner,
     is_due,
+    is_renewed,
     plan_notices,
     retry_delay,
     sign_payload,
@@ -117,6 +119,24 @@ def test_a_certificate_without_sans_is_renewed_by_one_with_the_same_subject() ->
     old = replace(cert("1", 10, names=()), subject="CN=svc")
     assert drop_renewed([old], [replace(cert("2", 90, names=()), subject="CN=svc")]) == []
     assert drop_renewed([old], [replace(cert("3", 90, names=()), subject="CN=other")]) == [old]
+
+
+def test_the_indexed_renewal_check_agrees_with_the_plain_one_on_random_inventories() -> None:
+    rng = random.Random(7)
+    pool = [f"dns:n{i}.corp.test" for i in range(6)]
+    for _ in range(200):
+        certs = [
+            cert(
+                f"s{i}",
+                rng.uniform(-2, 90),
+                owner=rng.choice(["team-a", "team-b"]),
+                names=tuple(rng.sample(pool, rng.randint(0, 3))),
+                revoked=rng.random() < 0.2,
+            )
+            for i in range(12)
+        ]
+        plain = [c for c in certs if not is_renewed(c, certs)]
+        assert drop_renewed(certs, certs) == plain
 
 
 def test_grouping_collects_each_owners_certificates_per_window_soonest_first() -> None:
