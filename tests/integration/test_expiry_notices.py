@@ -540,6 +540,20 @@ def test_an_owner_without_destination_is_a_failed_notice_not_a_silent_one(ca_env
     assert failed.details["channel"] == "none" and failed.details["serials"] == [serial]
 
 
+def test_a_webhook_secret_others_can_read_is_refused_and_the_notice_fails_audited(
+    ca_env: CaEnv, receiver: Receiver
+) -> None:
+    auth = notices_auth(ca_env, webhook_url=receiver.url)
+    (ca_env.data_dir / "notices.secret").chmod(0o644)
+    _issue(auth, "secret.corp.test", 10, owner="team-a")
+    [result] = run_once(auth, auth.now())
+    assert not result.delivered.ok and "must have mode 0600" in result.delivered.error
+    assert receiver.posts == []
+    [failed] = auth.db.audit_events("notice.failed")
+    assert "must have mode 0600" in failed.details["error"]
+    assert SECRET.decode() not in json.dumps(failed.details)
+
+
 def test_the_job_does_nothing_unless_enabled(ca_env: CaEnv, receiver: Receiver) -> None:
     auth = notices_auth(ca_env, webhook_url=receiver.url, enabled=False)
     _issue(auth, "off.corp.test", 10, owner="team-a")
@@ -603,3 +617,13 @@ webhook_secret_file = "{secret.name}"
         timeout=120,
     )
     assert after.returncode == 0 and "no notices due" in after.stdout
+
+    bad = subprocess.run(
+        [HSMCA, "notices", "preview", "--at", "next tuesday"],
+        env=_cli_env(env.data_dir),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "is not an ISO 8601 time" in bad.stderr
+    assert "Traceback" not in bad.stderr
