@@ -39,7 +39,7 @@ _RESTORING = ".hsmca.toml.restoring"
 def row_progress(verb: str) -> Callable[[int, int], None]:
     """A progress callback writing ``<verb>: done/total rows (n%)`` to stderr, at most once a
     second and once at the end; silent for small databases."""
-    last = [0.0, -1.0]
+    last = [float("-inf"), -1.0]  # (when printed, rows then): the first line at once
 
     def show(done: int, total: int) -> None:
         if total < PROGRESS_FROM:

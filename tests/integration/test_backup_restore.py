@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -344,3 +345,107 @@ def test_restore_refuses_a_database_url_with_a_password_on_the_command_line(
     )
     assert "password" in line and "secret" not in line
     _target_untouched(data)
+
+
+def rewrite_backup(
+    backup: Path,
+    out: Path,
+    edit_member: dict[str, Callable[[bytes], bytes]] | None = None,
+    edit_manifest: Callable[[dict], None] | None = None,
+) -> Path:
+    """A copy of ``backup`` with members edited and every digest recomputed (manifest, trailer):
+    what someone who can write the file can make. Members dropped from the manifest are left out."""
+    edit_member = edit_member or {}
+    with zipfile.ZipFile(backup) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        bodies = {n: zf.read(n) for n in zf.namelist() if n != "manifest.json"}
+    for suffix, fn in edit_member.items():
+        (name,) = [n for n in bodies if n.endswith(suffix)]
+        bodies[name] = fn(bodies[name])
+        manifest["members"][name] = hashlib.sha256(bodies[name]).hexdigest()
+        for table in manifest["tables"]:
+            if table["member"] == name:
+                table["sha256"] = manifest["members"][name]
+    if edit_manifest is not None:
+        edit_manifest(manifest)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, body in bodies.items():
+            if name in manifest["members"]:
+                zf.writestr(name, body)
+        zf.writestr("manifest.json", json.dumps(manifest))
+        zf.comment = TRAILER + b"0" * 64
+    whole = out.read_bytes()
+    out.write_bytes(whole[:-64] + hashlib.sha256(whole[:-64]).hexdigest().encode())
+    return out
+
+
+def test_a_restore_whose_audit_chain_does_not_verify_fails_and_leaves_the_database_empty(
+    sqlite_ca_env: CaEnv, tmp_path: Path
+):
+    source = make_source(sqlite_ca_env, tmp_path)
+
+    def edit_event(body: bytes) -> bytes:
+        lines = body.splitlines(keepends=True)
+        event = json.loads(lines[4])
+        event[5] = event[5].replace("}", ',"x":1}', 1)  # details, as if edited in the database
+        lines[4] = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        return b"".join(lines)
+
+    forged = rewrite_backup(
+        source.backup, tmp_path / "forged.zip", {"-audit_events.jsonl": edit_event}
+    )
+    data = fresh_target(source, tmp_path)
+    db_path = data / "hsmca.db"
+    proc = run(data, "restore", str(forged), "--database-url", f"sqlite:///{db_path}")
+    assert proc.returncode == 3, proc.stderr
+    line = one_line_error(proc)
+    assert "restored audit chain broken at seq 5" in line
+    assert "left empty" in proc.stderr
+    _target_untouched(data)
+    assert _tables(db_path) == []
+
+
+def test_a_backup_of_an_older_schema_restores_and_is_upgraded_to_this_one(
+    sqlite_ca_env: CaEnv, tmp_path: Path
+):
+    """A backup as the previous hsmca version wrote it (one revision back, without the tables
+    that revision did not have) is loaded at its revision and migrated to the current head."""
+    from sqlalchemy import MetaData
+
+    from ca.store.db import make_engine
+    from ca.store.migrate import upgrade
+    from hsmca.cli_backup import _script_head, _scripts
+
+    head = _script_head()
+    previous = _scripts().get_revision(head).down_revision
+    assert isinstance(previous, str)
+    scratch = make_engine(f"sqlite:///{tmp_path / 'scratch.db'}")
+    upgrade(scratch, previous)
+    old = MetaData()
+    old.reflect(bind=scratch)
+    scratch.dispose()
+
+    source = make_source(sqlite_ca_env, tmp_path)
+
+    def as_previous(manifest: dict) -> None:
+        manifest["alembic_revision"] = previous
+        kept = []
+        for table in manifest["tables"]:
+            if table["name"] in old.tables:
+                have = {c.name for c in old.tables[table["name"]].columns}
+                assert {c[0] for c in table["columns"]} == have, table["name"]
+                kept.append(table)
+            else:
+                del manifest["members"][table["member"]]
+        assert len(kept) < len(manifest["tables"])  # the previous revision had fewer tables
+        manifest["tables"] = kept
+
+    older = rewrite_backup(source.backup, tmp_path / "older.zip", edit_manifest=as_previous)
+    data = fresh_target(source, tmp_path)
+    proc = run(data, "restore", str(older), "--database-url", f"sqlite:///{data / 'hsmca.db'}")
+    assert proc.returncode == 0, proc.stderr
+    assert f"at revision {head}" in proc.stdout
+    assert f"creating the schema at revision {previous}" in proc.stderr
+    ok(run(data, "audit", "verify"))
+    fresh = issue(data, tmp_path, "after-upgrade.corp.test")
+    assert serial_of(fresh) not in source.serials

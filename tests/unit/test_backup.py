@@ -188,3 +188,25 @@ def test_the_crl_number_skip_covers_the_scheduler_pace_since_the_backup():
     assert crl_number_skip(created, created) == 100
     assert crl_number_skip(created, created + timedelta(days=1)) == 86400 // 5 + 100
     assert crl_number_skip(created, created - timedelta(hours=1)) == 100  # a clock behind
+
+
+def test_progress_lines_go_to_stderr_for_large_databases_only(capsys, monkeypatch):
+    from hsmca import cli_backup
+
+    small = cli_backup.row_progress("backing up")
+    small(10, 100)
+    small(100, 100)
+    assert capsys.readouterr().err == ""
+
+    clock = iter([0.0, 0.5, 1.5, 1.6, 1.7])
+    monkeypatch.setattr(cli_backup.time, "monotonic", lambda: next(clock))
+    show = cli_backup.row_progress("restoring")
+    total = cli_backup.PROGRESS_FROM * 2
+    for done in (2000, 4000, 6000, total, total):
+        show(done, total)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        f"restoring: 2000/{total} rows (5%)",  # the first at once
+        f"restoring: 6000/{total} rows (15%)",  # then at most once a second
+        f"restoring: {total}/{total} rows (100%)",  # and the end, once
+    ]
