@@ -286,6 +286,7 @@ def _restore(
     try:
         cfg = load_config(data, path=staged)
         auth = Authority.from_config(cfg)
+        _check_keys(auth, opened)
         db = auth.db
         db.create_sqlite_parent()
         where = _safe_url(cfg.database_url)
@@ -349,6 +350,52 @@ def _restore(
     click.echo(f"wrote {cfg_path}. Start the CA with: hsmca --data-dir {data} serve")
 
 
+def _check_keys(auth: Authority, opened: BackupFile) -> None:
+    """Before anything is changed: the token must hold the key of every active CA of the
+    backup, matching its certificate (a different token is refused). A token that cannot be
+    reached (no PIN yet, an offline root) is only warned about."""
+    from cryptography import x509
+
+    from ca.authority import same_public_key
+    from ca.errors import HsmKeyNotFound, HsmUnavailable, KeyMismatch
+    from ca.keys import KeyRef
+    from ca.store import tables as t
+    from ca.store.backup import BackupError, parse_row
+
+    entry = opened.manifest.table(t.CertificateAuthority.__tablename__)
+    if entry is None:
+        return
+    for line in opened.lines(entry):
+        try:
+            row = parse_row(line, entry.columns)
+            cert = x509.load_der_x509_certificate(row["certificate_der"])
+            ref = KeyRef(row["key_token"], row["key_label"], row["key_id"])
+        except (ValueError, KeyError) as exc:
+            raise BackupError(f"a CA of the backup is malformed: {exc}") from None
+        if row.get("status") != "active":
+            continue
+        name = row["name"]
+        try:
+            key = auth.keys.load(ref)
+        except HsmKeyNotFound:
+            raise KeyMismatch(
+                f"token {ref.token_label!r} holds no key {ref.label!r} of CA {name!r}: restore "
+                "the CA's token first (this is another token, or not restored yet)"
+            ) from None
+        except (HsmUnavailable, ConfigError) as exc:
+            click.echo(
+                f"hsmca: warning: the key of CA {name!r} cannot be checked ({exc}); the "
+                "restored CA needs it to sign",
+                err=True,
+            )
+            continue
+        if not same_public_key(key.public_key(), cert.public_key()):
+            raise KeyMismatch(
+                f"the key {ref.label!r} in token {ref.token_label!r} does not match the "
+                f"certificate of CA {name!r}: this is not the CA's token"
+            )
+
+
 class RestoredChainBroken(AuditChainBroken):
     """The restored audit chain does not verify (exit 3, like ``hsmca audit verify``)."""
 
@@ -371,10 +418,11 @@ def _verify(auth: Authority) -> VerifyReport:
     witness by design, so checkpoints signed after it are expected to lie beyond the head.
     """
     from ca.audit_verify import verify_live
+    from hsmca.cli_audit import progress_printer
 
     cfg = auth.config
     no_witness = cfg.model_copy(update={"audit": cfg.audit.model_copy(update={"witness_file": ""})})
-    report = verify_live(replace(auth, config=no_witness), progress=row_progress("verifying"))
+    report = verify_live(replace(auth, config=no_witness), progress=progress_printer("verifying"))
     if not report.ok:
         raise RestoredChainBroken(report)
     if cfg.audit.witness_file:

@@ -30,7 +30,7 @@ from ca.config import load_config
 from ca.store import crls
 from ca.store.backup import TRAILER
 from ca.store.db import Database
-from softhsm import write_pin_file
+from softhsm import create_token, random_pin, write_pin_file
 
 pytestmark = [pytest.mark.hsm, pytest.mark.db]
 
@@ -449,3 +449,23 @@ def test_a_backup_of_an_older_schema_restores_and_is_upgraded_to_this_one(
     ok(run(data, "audit", "verify"))
     fresh = issue(data, tmp_path, "after-upgrade.corp.test")
     assert serial_of(fresh) not in source.serials
+
+
+def test_a_restore_onto_a_token_without_the_ca_keys_is_refused_before_any_change(
+    sqlite_ca_env: CaEnv, tmp_path: Path
+):
+    source = make_source(sqlite_ca_env, tmp_path)
+    pin = (sqlite_ca_env.data_dir / "pins/user.pin").read_text().strip()
+    other = create_token(tmp_path / "other-token", "hsmca", pin, random_pin())
+    create_token(tmp_path / "other-token", "hsmca-root", pin, random_pin())
+    ours = sqlite_ca_env.config.hsm.softhsm_conf
+    elsewhere = rewrite_backup(
+        source.backup,
+        tmp_path / "elsewhere.zip",
+        {"hsmca.toml": lambda body: body.replace(ours.encode(), str(other.conf_path).encode())},
+    )
+    data = fresh_target(source, tmp_path)
+    proc = run(data, "restore", str(elsewhere), "--database-url", f"sqlite:///{data / 'hsmca.db'}")
+    line = one_line_error(proc)
+    assert "holds no key" in line and "restore the CA's token first" in line
+    _target_untouched(data)
