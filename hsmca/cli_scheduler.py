@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import UTC
 
 import click
 
@@ -25,6 +26,31 @@ def scheduler_jobs(c: Ctx) -> None:
     click.echo(f"{'JOB':<24} EVERY")
     for job in jobs(c.config):
         click.echo(f"{job.name:<24} {int(job.every.total_seconds())} s")
+
+
+@scheduler.command("status")
+@pass_ctx
+@handle_errors
+def scheduler_status(c: Ctx) -> None:
+    """Say which scheduler is active (exit status 1 when none is)."""
+    from hsmca.scheduler import lock_file_held, lock_holder
+
+    auth = c.auth
+    if auth.db.is_sqlite:
+        if lock_file_held(auth):
+            click.echo(f"active: a scheduler holds {auth.config.data_dir / 'scheduler.lock'}")
+            return
+        _fail("no scheduler is active")
+        return
+    holder = lock_holder(auth)
+    if holder is None:
+        _fail("no scheduler is active")
+        return
+    since = holder.since.astimezone(UTC)
+    click.echo(
+        f"active: {holder.name or 'unnamed session'} from {holder.client} "
+        f"(its database session since {since:%Y-%m-%d %H:%M:%S}Z)"
+    )
 
 
 @scheduler.command("run")

@@ -17,6 +17,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -154,6 +155,7 @@ class SchedulerLock:
         self._fd: int | None = None
         self._conn: Any = None
         self._mutex = threading.Lock()  # job threads and the watchdog share the lock's session
+        self._warned = False
 
     def try_acquire(self) -> bool:
         """Take the lock if it is free; False if another scheduler holds it or the database is
@@ -171,21 +173,32 @@ class SchedulerLock:
         try:
             conn = self.auth.db.engine.connect()
         except SQLAlchemyError as exc:
-            log.warning("scheduler lock: database unreachable: %s", _first_line(exc))
+            self._unreachable(exc)
             return False
         try:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _LOCK_KEY}).scalar()
+            if got:  # who holds it, for pg_stat_activity and `hsmca scheduler status`
+                conn.execute(
+                    text("SELECT set_config('application_name', :n, false)"), {"n": holder_name()}
+                )
             conn.commit()
         except SQLAlchemyError as exc:
-            log.warning("scheduler lock: %s", _first_line(exc))
+            self._unreachable(exc)
             conn.invalidate()
             conn.close()
             return False
+        self._warned = False
         if got:
             self._conn = conn  # the lock lives as long as this session
             return True
         conn.close()
         return False
+
+    def _unreachable(self, exc: SQLAlchemyError) -> None:
+        # Once per outage: a standby retries every few seconds.
+        if not self._warned:
+            log.warning("scheduler lock: database unreachable: %s", _first_line(exc))
+            self._warned = True
 
     def held(self) -> bool:
         """Whether this scheduler still holds the lock (PostgreSQL: its session is alive and
@@ -232,6 +245,51 @@ class SchedulerLock:
         with self._mutex:
             if self._conn is not None:
                 self._drop()
+
+
+def holder_name() -> str:
+    """How the active scheduler names itself (PostgreSQL ``application_name``, at most 63 bytes)."""
+    return f"hsmca-scheduler {socket.gethostname()} pid {os.getpid()}"[:63]
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """The active scheduler as the database sees it."""
+
+    name: str
+    client: str
+    since: datetime
+
+
+def lock_holder(auth: Authority) -> LockHolder | None:
+    """Who holds the scheduler lock on PostgreSQL (None: nobody, every scheduler stands by or
+    none runs). SQLite has one node: see :func:`lock_file_held`."""
+    with auth.db.read() as conn:
+        row = conn.execute(
+            text(
+                "SELECT a.application_name, coalesce(host(a.client_addr), 'local'),"
+                " a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted"
+                " AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
+            ),
+            {"k": _LOCK_KEY},
+        ).first()
+    return None if row is None else LockHolder(str(row[0]), str(row[1]), row[2])
+
+
+def lock_file_held(auth: Authority) -> bool:
+    """Whether a scheduler holds the SQLite installation's lock file now."""
+    path = auth.config.data_dir / "scheduler.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # (closing also drops the lock this check may have taken)
+    return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from helpers import make_csr
-from serve import Server, alive, run, start_server, wait_until
+from serve import HSMCA, Server, alive, clean_env, cmdline, free_port, run, start_server, wait_until
 from sqlalchemy.engine import make_url
 
 from ca.config import SchedulerConfig, load_config
@@ -335,8 +336,17 @@ def test_exactly_one_scheduler_is_active(nodes):
     standing_by = [srv for srv in nodes.both() if "standing by" in _log(srv)]
     assert active == [nodes.a] and standing_by == [nodes.b]
     assert len(nodes.lock_holders()) == 1
+    for data in nodes.dirs.values():  # either node tells which scheduler is active
+        status = run(data, "scheduler", "status")
+        assert status.returncode == 0, status.stderr
+        assert f" pid {_scheduler_pid(nodes.a)} " in status.stdout + " ", status.stdout
     time.sleep(3 * POLL)  # the standby keeps trying, and keeps failing
     assert "scheduler active" not in _log(nodes.b)
+
+
+def _scheduler_pid(srv: Server) -> int:
+    (pid,) = [p for p in srv.processes() if "hsmca.scheduler" in cmdline(p)]
+    return pid
 
 
 def _kill_node(srv: Server) -> None:
@@ -385,6 +395,8 @@ def test_when_the_active_node_is_killed_the_standby_takes_the_jobs_over_in_time(
     # The kill ends A's database session at once; B tries the lock every POLL seconds.
     assert took < POLL + 3, took
     assert len(nodes.lock_holders()) == 1
+    status = run(nodes.dirs["b"], "scheduler", "status")
+    assert f" pid {_scheduler_pid(nodes.b)} " in status.stdout + " ", status.stdout
     # B's scheduler now runs the jobs: a revocation reaches the CRL within the delay plus the
     # publish job's interval (5 s), plus slack.
     assert _revoke_and_wait_for_the_crl(nodes, nodes.b, "takeover.nodes.test") < CRL_DELAY + 5 + 5
@@ -427,6 +439,48 @@ def _has_after(srv: Server, text: str, marks: dict[Path, int], wait: float, star
             return True
         time.sleep(0.1)
     return text in _log(srv)[marks[srv.log] :]
+
+
+def test_a_standby_outlasts_an_unreachable_database_and_status_says_why(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    url = f"postgresql+psycopg://hsmca@127.0.0.1:{free_port()}/hsmca"  # nothing listens there
+    (data / "hsmca.toml").write_text(
+        f'[database]\nurl = "{url}"\n\n[scheduler]\nstandby_poll_seconds = 0.5\n'
+    )
+    log = tmp_path / "scheduler.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [HSMCA, "--data-dir", str(data), "scheduler", "run"], env=clean_env(), stderr=err
+        )
+    try:
+        wait_until(lambda: "database unreachable" in log.read_text(), 30, "the warning")
+        time.sleep(2.0)  # four more tries
+        assert proc.poll() is None, log.read_text()
+        assert log.read_text().count("database unreachable") == 1  # once per outage
+        status = run(data, "scheduler", "status")
+        assert status.returncode == 1 and "database unavailable" in status.stderr, status
+        assert "Traceback" not in status.stderr + log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_scheduler_status_on_sqlite_reads_the_lock_file(tmp_path):
+    import fcntl
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hsmca.toml").write_text("")  # all defaults: SQLite in the data directory
+    idle = run(data, "scheduler", "status")
+    assert idle.returncode == 1 and "no scheduler is active" in idle.stderr, idle
+    with open(data / "scheduler.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = run(data, "scheduler", "status")
+    assert busy.returncode == 0 and "active" in busy.stdout, busy
+    assert run(data, "scheduler", "status").returncode == 1  # the check itself holds nothing
 
 
 # --- the setting ----------------------------------------------------------------------------------
