@@ -270,6 +270,8 @@ def lock_holder(auth: Authority) -> LockHolder | None:
                 "SELECT a.application_name, coalesce(host(a.client_addr), 'local'),"
                 " a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
                 " WHERE l.locktype = 'advisory' AND l.granted"
+                # Advisory locks belong to one database; a cluster may hold several installations.
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
                 " AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
             ),
             {"k": _LOCK_KEY},
