@@ -739,6 +739,40 @@ def _notice_emails(value: list[str]) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+class MonitoringConfig(_Section):
+    """``[monitoring]``: ``/metrics`` and the freshness checks of ``/readyz``."""
+
+    metrics_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="each worker reuses the database-derived metrics (CRL age, expiries, ACME "
+        "orders, audit head) this long, so frequent scrapes do not load the database",
+    )
+    crl_max_age_seconds: int = Field(
+        0,
+        ge=0,
+        le=30 * 86400,
+        description="/readyz fails when a CA's current CRL is past nextUpdate or, if this is "
+        "not 0, its thisUpdate is older than this",
+    )
+    ocsp_max_age_seconds: int = Field(
+        0,
+        ge=0,
+        le=30 * 86400,
+        description="/readyz fails when a pre-signed OCSP response of an unexpired certificate "
+        "is past nextUpdate or, if this is not 0, its thisUpdate is older than this (0 keeps the "
+        "check on an index; other values scan the stored responses)",
+    )
+    ocsp_responder_min_validity_hours: int = Field(
+        0,
+        ge=0,
+        le=24 * 180,
+        description="/readyz fails when a CA's OCSP responder certificate has expired or "
+        "expires within this many hours",
+    )
+
+
 class AppConfig(_Section):
     """The whole configuration. ``data_dir`` is where it was loaded from (not in the file)."""
 
@@ -755,6 +789,7 @@ class AppConfig(_Section):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
     notices: NoticesConfig = Field(default_factory=NoticesConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     profiles: dict[str, ProfileConfig] = Field(default_factory=default_profiles)
 
     # Derived values ---------------------------------------------------------------------------
@@ -828,6 +863,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
             ("audit", AuditConfig),
             ("ui", UiConfig),
             ("notices", NoticesConfig),
+            ("monitoring", MonitoringConfig),
         )
     }
     out: dict[str, dict[str, Any]] = {}
@@ -921,6 +957,7 @@ def render_toml(config: AppConfig) -> str:
         "audit": AuditConfig,
         "ui": UiConfig,
         "notices": NoticesConfig,
+        "monitoring": MonitoringConfig,
     }
     owners = data["notices"].pop("owners")
     for section, model in models.items():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca import metrics
 from ca.authority import Authority, LoadedIssuer, fingerprint, serial_hex
 from ca.csr import CsrFacts, check_csr
 from ca.errors import (
@@ -155,6 +157,20 @@ def _deny(auth: Authority, req: IssuanceRequest, error: CAError) -> None:
         details["request_id"] = req.request_id
         details["approved_by"] = req.approved_by
     auth.audit(req.requester, "certificate.denied", req.profile[:256], details)
+    metrics.certificate_denied(profile_label(auth, req.profile), denial_reason(error))
+
+
+def profile_label(auth: Authority, profile: str) -> str:
+    """``profile`` if it is configured, else "other": a metric label must not take any value a
+    requester sends."""
+    return profile if profile in auth.config.profiles else "other"
+
+
+def denial_reason(error: CAError) -> str:
+    """The metric reason of a denial: the first broken policy rule, else the error kind."""
+    violations = getattr(error, "violations", ())
+    rule = getattr(violations[0], "rule", None) if violations else None
+    return str(rule) if rule else error.kind
 
 
 def issue(
@@ -175,6 +191,7 @@ def issue_many(
     Returns, per request, its certificate or the error that denied it. Batching is how several
     concurrent requests share the cost of a durable commit (group commit).
     """
+    started = time.monotonic()
     now = auth.now()
     results: list[IssuedCertificate | CAError | None] = [None] * len(requests)
     prepared: list[tuple[int, _Prepared]] = []
@@ -319,6 +336,9 @@ def issue_many(
         auth.db.append_audit_many(conn, stored_at, issued_events)
     if on_step:
         on_step("stored")
+    metrics.issuance_took(time.monotonic() - started, len(prepared))
+    for _, p in prepared:
+        metrics.certificate_issued(p.profile.name)
 
     for (i, p), s, cert, row in zip(prepared, serials, certs, cert_rows, strict=True):
         results[i] = IssuedCertificate(

@@ -28,6 +28,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from ca import metrics
 from ca.authority import Authority
 from ca.errors import BadRequest, Conflict, Forbidden, NotFound
 from ca.hierarchy import SUBORDINATE_PROFILE
@@ -163,6 +164,7 @@ def revoke(
             serial,
             _details(serial, issuer, reason, code, now, comment),
         )
+    metrics.certificate_revoked(reason)
     done = Revocation(serial, issuer, reason, code, now, state.crl_shard)
     return run_after_revoke(auth, done, after)
 

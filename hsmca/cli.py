@@ -629,11 +629,15 @@ def serve(
     tls_renew_days, or no longer matches tls_hostnames.
     """
     from ca.issuance import recover_intents
+    from ca.metrics import MULTIPROC_SUBDIR, prepare_multiproc_dir
     from ca.store.migrate import schema_status
     from hsmca.server import listeners, record_config_loaded, run_servers
 
     cfg = c.config
     plain_bind, tls_bind, n_workers = listeners(cfg, bind, https_bind, workers)
+    # Before any process imports prometheus_client or forks: every worker, the plain-HTTP
+    # arbiter and the scheduler write their metrics there, and a scrape sums them.
+    prepare_multiproc_dir(c.data_dir / MULTIPROC_SUBDIR)
     auth = c.auth
     schema_problem = schema_status(auth.db.engine).problem()
     if schema_problem:  # before anything reads a table the code expects

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from ca import metrics
 from ca.authority import Authority
 from ca.config import AppConfig, load_config
 from ca.errors import CAError
@@ -126,11 +127,15 @@ def run_job(auth: Authority, job: Job) -> bool:
         result = job.run(auth, auth.now())
     except CAError as exc:
         log.warning("job %s failed: %s: %s", job.name, exc.kind, exc)
+        metrics.job_ran(job.name, False, time.monotonic() - started)
         return False
     except Exception:
         log.exception("job %s failed", job.name)
+        metrics.job_ran(job.name, False, time.monotonic() - started)
         return False
     took = time.monotonic() - started
+    # A run that carried on past errors of some CAs (a report's ``errors``) failed for them.
+    metrics.job_ran(job.name, not getattr(result, "errors", None), took)
     if isinstance(result, (list, tuple, set, dict)) and result:
         log.info("job %s: %d item(s) in %.2f s", job.name, len(result), took)
     return True
@@ -405,6 +410,7 @@ class SchedulerChild:
             self.process.wait()
         if self.process.stdin is not None:
             self.process.stdin.close()
+        metrics.mark_process_dead(self.process.pid)
 
 
 def start_child() -> SchedulerChild:

@@ -407,9 +407,17 @@ def gunicorn_options(
         "errorlog": "-",
         "proc_name": f"hsmca-{listener}",
         "control_socket_disable": True,  # no socket outside the data directory
+        "child_exit": _child_exit,
         # Access logs never show query strings or headers that might carry tokens.
         "access_log_format": listener + ' %(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms',
     }
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit`` hook (in the arbiter): a dead worker's live gauges go with it."""
+    from ca.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
 
 
 def run_plain(bind: str, workers: int, threads: int, timeout: int) -> None:

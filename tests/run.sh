@@ -12,7 +12,8 @@ need=()
 # lego (Debian) is one of the ACME clients tests/interop/test_acme_clients.py runs.
 # chromium (Debian) is the headless browser of tests/interop/test_ui_browser.py (via Playwright).
 # logrotate checks the snippet the Ansible role writes (tests/deploy/test_ansible.py).
-for pkg in softhsm2 opensc openssl postgresql python3-venv lego chromium logrotate; do
+# prometheus provides promtool, which checks docs/monitoring/alerts.yml (tests/unit/test_monitoring_docs.py).
+for pkg in softhsm2 opensc openssl postgresql python3-venv lego chromium logrotate prometheus; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 # nginx staples our OCSP responses in tests/interop/test_nginx_stapling.py (any nginx build will do).

@@ -23,6 +23,7 @@ from ca.config import AppConfig, load_config
 from ca.errors import CAError, HsmUnavailable, NotFound, StoreError
 from web.acme import acme_blueprint, routing_problem
 from web.crl import crl_blueprint
+from web.metrics import freshness_checks, install_metrics
 from web.ocsp import install as install_ocsp
 from web.problems import problem, problem_of
 from web.surface import Surface, check_surface, restrict_to_plain
@@ -59,6 +60,7 @@ def create_app(
     app.register_blueprint(crl_blueprint(authority))  # /crl/NAME.crl, /crl/NAME/SHARD.crl
     app.register_blueprint(acme_blueprint(authority))  # /acme: RFC 8555 (web/acme)
     install_ui(app, authority)  # /ui: the compliance view (web/ui), sessions only there
+    install_metrics(app, authority)  # /metrics: Prometheus (web/metrics.py, ca/metrics.py)
     if check_surface(surface) == "plain":
         restrict_to_plain(
             app, lambda: config or load_config(Path(os.environ.get("HSMCA_HOME", ".")))
@@ -71,7 +73,9 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> Response | tuple[Response, int, dict[str, str]]:
-        """Readiness: the database answers and the issuing CA's key is usable in the HSM."""
+        """Readiness: the database answers, the issuing CA's key is usable in the HSM, every CA's
+        current CRL and its OCSP answers are fresh ([monitoring] limits). Each check is "ok" or
+        says what is wrong; ``failed`` names the failing ones (503)."""
         auth = authority()
         checks: dict[str, str] = {}
         try:
@@ -86,9 +90,12 @@ def create_app(
             checks["hsm"] = str(exc)
         except CAError as exc:
             checks["hsm"] = str(exc)
-        if all(v == "ok" for v in checks.values()):
+        checks.update(freshness_checks(auth))
+        failed = [name for name, value in checks.items() if value != "ok"]
+        if not failed:
             return jsonify(status="ok", checks=checks)
-        return jsonify(status="unavailable", checks=checks), 503, {"Retry-After": "5"}
+        body = jsonify(status="unavailable", failed=failed, checks=checks)
+        return body, 503, {"Retry-After": "5"}
 
     @app.get("/ca/<name>.crt")
     def ca_der(name: str) -> Response:

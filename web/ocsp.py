@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 from wsgiref.handlers import format_date_time
 
+from ca import metrics
 from ca.authority import Authority
 from ocsp.service import INTERNAL_ERROR, OcspService, Reply
 from web.problems import KINDS, TYPE_PREFIX
@@ -74,6 +75,7 @@ class OcspMiddleware:
             status, headers, body = self.handle(environ)
         except Exception:  # never a 500: the client gets an OCSP internalError
             log.exception("OCSP: request failed")
+            metrics.ocsp_answered("internalError")
             status, headers, body = "200 OK", _ocsp_headers(len(INTERNAL_ERROR)), INTERNAL_ERROR
         start_response(status, headers)
         return [body]
@@ -119,6 +121,7 @@ class OcspMiddleware:
             if len(body) > limit:
                 return _too_large(limit)
         reply = service.respond(body)
+        _count(reply, service)
         headers = _ocsp_headers(len(reply.body))
         headers.append(("Cache-Control", "no-store"))
         return "200 OK", headers, reply.body
@@ -137,12 +140,24 @@ class OcspMiddleware:
         reply = service.respond(data) if data is not None else service.malformed("bad base64")
         headers = _ocsp_headers(len(reply.body))
         if not reply.cacheable:
+            _count(reply, service)
             headers.append(("Cache-Control", "no-store"))
             return "200 OK", headers, reply.body
-        headers += caching_headers(reply, service.auth.now(), service.config.refresh_hours)
+        now = service.auth.now()
+        _count(reply, service, now)
+        headers += caching_headers(reply, now, service.config.refresh_hours)
         if _etag_matches(environ.get("HTTP_IF_NONE_MATCH", ""), reply.etag):
             return "304 Not Modified", [h for h in headers if h[0] != "Content-Length"], b""
         return "200 OK", headers, reply.body
+
+
+def _count(reply: Reply, service: OcspService, now: datetime | None = None) -> None:
+    """Count the reply by status; a pre-signed one also by age (now - thisUpdate)."""
+    if reply.this_update is None:
+        metrics.ocsp_answered(reply.status)
+        return
+    now = now or service.auth.now()
+    metrics.ocsp_answered(reply.status, (now - reply.this_update).total_seconds())
 
 
 def decode_base64(encoded: bytes) -> bytes | None:
@@ -192,6 +207,7 @@ def _too_large(limit: int) -> tuple[str, list[tuple[str, str]], bytes]:
 def _problem(
     status: int, kind: str, detail: str, extra: list[tuple[str, str]] | None = None
 ) -> tuple[str, list[tuple[str, str]], bytes]:
+    metrics.ocsp_answered(kind)
     _, slug, title = KINDS[kind]
     body = json.dumps(
         {"type": TYPE_PREFIX + slug, "title": title, "status": status, "detail": detail}

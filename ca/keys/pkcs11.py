@@ -31,6 +31,7 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
+from ca import metrics
 from ca.errors import Conflict, HsmKeyNotFound, HsmUnavailable
 from ca.keys import IssuerKey, KeyRef, KeySpec, PublicKey
 
@@ -341,15 +342,22 @@ class TokenSessions:
                 else:
                     self._close_quietly(session)
 
-    def run(self, operation: Callable[[Any], T]) -> T:
+    def run(self, operation: Callable[[Any], T], name: str = "other") -> T:
         """Run ``operation(session)``; on a lost session, re-open once and retry; else HsmUnavailable.
 
-        Operations of all threads of the process are serialised (see ``_call_lock``).
+        Operations of all threads of the process are serialised (see ``_call_lock``). ``name``
+        labels failures in ``hsmca_hsm_errors_total`` (sign, load, generate, ...).
         """
         with _call_lock:
-            return self._run_locked(operation)
+            try:
+                return self._run_locked(operation, name)
+            except HsmUnavailable as exc:
+                cause = exc.__cause__
+                kind = _name(cause) if isinstance(cause, p11e.PKCS11Error) else "unavailable"
+                metrics.hsm_error(name, kind)
+                raise
 
-    def _run_locked(self, operation: Callable[[Any], T]) -> T:
+    def _run_locked(self, operation: Callable[[Any], T], name: str) -> T:
         for attempt in (1, 2):
             try:
                 with self.session() as session:
@@ -359,6 +367,8 @@ class TokenSessions:
                     "HSM session on token %r lost (%s); re-opening", self.token_label, _name(exc)
                 )
                 self.reset()
+                if attempt == 1:
+                    metrics.hsm_error(name, "sessionLost")  # re-opened; the retry may succeed
                 if attempt == 2:
                     raise HsmUnavailable(
                         f"HSM token {self.token_label!r} unavailable: {_name(exc)}"
@@ -433,7 +443,9 @@ class Pkcs11EcKey(ec.EllipticCurvePrivateKey):
             key = self._sessions.private_key(session, self.ref.label, self.ref.key_id)
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
-        raw = self._sessions.run(op)
+        started = time.perf_counter()
+        raw = self._sessions.run(op, "sign")
+        metrics.hsm_signed("ec", time.perf_counter() - started)
         half = len(raw) // 2
         return utils.encode_dss_signature(
             int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
@@ -494,7 +506,10 @@ class Pkcs11RsaKey(rsa.RSAPrivateKey):
             key = self._sessions.private_key(session, self.ref.label, self.ref.key_id)
             return bytes(key.sign(payload, mechanism=mechanism))
 
-        return self._sessions.run(op)
+        started = time.perf_counter()
+        signature = self._sessions.run(op, "sign")
+        metrics.hsm_signed("rsa", time.perf_counter() - started)
+        return signature
 
     def public_key(self) -> rsa.RSAPublicKey:
         return self._public
@@ -584,8 +599,8 @@ class Pkcs11KeyStore:
             )
 
         try:
-            public = sessions.run(op)
-            sessions.run(lambda s: sessions.private_key(s, ref.label, ref.key_id))
+            public = sessions.run(op, "load")
+            sessions.run(lambda s: sessions.private_key(s, ref.label, ref.key_id), "load")
         except (p11e.NoSuchKey, p11e.MultipleObjectsReturned) as exc:
             raise HsmKeyNotFound(
                 f"token {ref.token_label!r} has no unique key labelled {ref.label!r}"
@@ -642,7 +657,7 @@ class Pkcs11KeyStore:
             return _public_from_object(pub)
 
         try:
-            public = sessions.run(op)
+            public = sessions.run(op, "generate")
         except FileExistsError:
             raise Conflict(
                 f"token {ref.token_label!r} already holds a key labelled {ref.label!r}"
@@ -666,7 +681,7 @@ class Pkcs11KeyStore:
             return {name: bool(key[attr]) for name, attr in names.items()}
 
         try:
-            return sessions.run(op)
+            return sessions.run(op, "attributes")
         except p11e.NoSuchKey as exc:
             raise HsmKeyNotFound(
                 f"token {ref.token_label!r} has no key labelled {ref.label!r}"

@@ -231,7 +231,13 @@ def test_serve_answers_health_and_ca_certificates(initialised):
             assert time.monotonic() < deadline, "server did not come up"
             time.sleep(0.2)
         status, ctype, body = _get(url + "/readyz")
-        assert status == 200 and json.loads(body)["checks"] == {"database": "ok", "hsm": "ok"}
+        checks = json.loads(body)["checks"]
+        assert status == 200 and checks == {
+            "database": "ok",
+            "hsm": "ok",
+            "crl": "ok",
+            "ocsp": "ok",
+        }
         status, ctype, body = _get(url + "/ca/issuing.crt")
         assert status == 200 and ctype == "application/pkix-cert"
         issuing = x509.load_der_x509_certificate(body)

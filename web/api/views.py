@@ -24,6 +24,7 @@ from flask import Blueprint, Response, current_app, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ca import metrics
 from ca.authority import Authority, normalize_serial
 from ca.batching import IssuanceQueue
 from ca.enrollment import (
@@ -35,7 +36,7 @@ from ca.enrollment import (
     submit,
 )
 from ca.errors import CAError, Forbidden, NotFound
-from ca.issuance import IssuanceRequest, IssuedCertificate
+from ca.issuance import IssuanceRequest, IssuedCertificate, profile_label
 from ca.policy import Requester
 from ca.revocation import REASON_NAMES, AfterRevoke, revoke
 from ca.store.db import CertificateFilter, CertificateRow, RequestRow
@@ -441,6 +442,7 @@ def _audit_denial(auth: Authority, requester: str, exc: ApiProblem, profile: str
             "request_sha256": hashlib.sha256(raw).hexdigest() if exc.kind != "tooLarge" else None,
         },
     )
+    metrics.certificate_denied(profile_label(auth, profile) if profile else "other", exc.kind)
 
 
 def _accept_for_certificate() -> str:
