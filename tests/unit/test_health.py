@@ -102,3 +102,23 @@ def test_the_database_collector_reads_once_per_ttl_and_reports_a_failed_read():
     down = {s.name: s.value for f in collector.collect() for s in f.samples}
     assert down == {"hsmca_database_up": 0}
     assert len(reads) == 2
+
+
+def test_ocsp_answers_are_tallied_and_reach_the_metrics_at_the_next_flush():
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    metrics.ocsp_answered("good")  # the metrics exist from here on
+    metrics.flush()
+    before = sample("hsmca_ocsp_requests_total", status="revoked")
+    bucket = sample("hsmca_ocsp_response_age_seconds_bucket", le="300.0")
+    count = sample("hsmca_ocsp_response_age_seconds_count")
+    metrics.ocsp_answered("revoked", 120.0)
+    metrics.ocsp_answered("revoked", 7200.0)
+    metrics.ocsp_answered("malformedRequest")
+    metrics.flush()
+    assert sample("hsmca_ocsp_requests_total", status="revoked") == before + 2
+    assert sample("hsmca_ocsp_response_age_seconds_bucket", le="300.0") == bucket + 1
+    assert sample("hsmca_ocsp_response_age_seconds_count") == count + 2
