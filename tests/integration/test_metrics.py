@@ -298,3 +298,28 @@ def test_readyz_fails_on_a_crl_older_than_the_limit_and_a_restart_empties_the_me
         assert status == 200 and body["status"] == "ok", body
     finally:
         assert server.stop() == 0
+
+
+def test_the_monitoring_reads_answer_alike_on_sqlite_and_postgresql(ca_env):
+    from ca.issuance import IssuanceRequest, issue
+    from ca.store import monitoring
+    from crl.publisher import publish
+    from ocsp import set_up
+
+    auth = ca_env.auth
+    publish(auth, "issuing", actor="test")
+    set_up(auth, actor="test")
+    made = issue(auth, IssuanceRequest(make_csr(["soon.corp.test"]), "server", "t", 10))
+    now = auth.now()
+    snap = monitoring.snapshot(auth.db, now, tuple(auth.config.profiles), 300)
+    assert [c.name for c in snap.cas] == ["root", "issuing"]
+    (crl,) = [c for c in snap.crls if c.ca == "issuing"]
+    assert crl.shard == 0 and crl.size_bytes > 200 and crl.next_update > now
+    assert {r.ca for r in snap.responders} == {"root", "issuing"}
+    assert snap.stale_ocsp_responses == 0
+    assert monitoring.stale_ocsp_responses(auth.db, now + timedelta(days=5)) >= 1
+    server = next(e for e in snap.expiry if e.profile == "server")
+    assert server.within == {7: 0, 14: 1, 30: 1}
+    assert server.soonest == made.certificate.not_valid_after_utc
+    assert snap.acme_orders == {}
+    assert snap.audit.head_seq > 0 and snap.audit.since is not None
