@@ -147,24 +147,47 @@ def stale_ocsp_responses(db: Database, now: datetime, max_age: timedelta | None 
 def expiry_states(
     db: Database, now: datetime, profiles: tuple[str, ...]
 ) -> tuple[ExpiryState, ...]:
-    """Per profile: unrevoked certificates expiring within each of :data:`EXPIRY_WINDOWS` days,
-    and the soonest notAfter of all unrevoked, unexpired ones."""
+    """Per profile (configured, or with certificates expiring within the largest window):
+    unrevoked certificates expiring within each of :data:`EXPIRY_WINDOWS` days, and the soonest
+    notAfter of all unrevoked, unexpired ones.
+
+    The counts come from one range scan of the ``not_after`` index over the largest window; a
+    profile with nothing in it gets its soonest notAfter from an index walk that stops at the
+    first row, so no query reads every certificate.
+    """
     c = t.Certificate
     horizon = now + timedelta(days=max(EXPIRY_WINDOWS))
     live = and_(c.status == "issued", c.not_after > now)
     counts = [
         func.sum(case((c.not_after <= now + timedelta(days=d), 1), else_=0)) for d in EXPIRY_WINDOWS
     ]
-    window = select(c.profile, *counts).where(live, c.not_after <= horizon).group_by(c.profile)
-    soonest = select(c.profile, func.min(c.not_after)).where(live).group_by(c.profile)
+    window = (
+        select(c.profile, func.min(c.not_after), *counts)
+        .where(live, c.not_after <= horizon)
+        .group_by(c.profile)
+    )
     with db.read() as conn:
-        within = {str(row[0]): [int(v or 0) for v in row[1:]] for row in conn.execute(window)}
-        first = {str(p): _utc(n) for p, n in conn.execute(soonest)}
+        within: dict[str, list[int]] = {}
+        first: dict[str, datetime | None] = {}
+        for row in conn.execute(window):
+            first[str(row[0])] = _utc(row[1])
+            within[str(row[0])] = [int(v or 0) for v in row[2:]]
+        for name in profiles:
+            if name not in first:
+                query = (
+                    select(c.not_after)
+                    .where(live, c.profile == name)
+                    .order_by(c.not_after)
+                    .limit(1)
+                )
+                found = conn.execute(query).scalar()
+                first[name] = None if found is None else _utc(found)
     names = list(profiles) + sorted(set(first) - set(profiles))
+    zero = [0] * len(EXPIRY_WINDOWS)
     return tuple(
         ExpiryState(
             name,
-            dict(zip(EXPIRY_WINDOWS, within.get(name, [0] * len(EXPIRY_WINDOWS)), strict=True)),
+            dict(zip(EXPIRY_WINDOWS, within.get(name, zero), strict=True)),
             first.get(name),
         )
         for name in names
