@@ -323,3 +323,30 @@ def test_the_monitoring_reads_answer_alike_on_sqlite_and_postgresql(ca_env):
     assert server.soonest == made.certificate.not_valid_after_utc
     assert snap.acme_orders == {}
     assert snap.audit.head_seq > 0 and snap.audit.since is not None
+
+
+def test_hsm_failures_are_counted_by_operation_and_pkcs11_error(softhsm_token):
+    from pkcs11 import exceptions as p11e
+    from prometheus_client import REGISTRY
+
+    from ca.errors import HsmUnavailable
+    from ca.keys.pkcs11 import Pkcs11KeyStore
+
+    def errors(kind: str) -> float:
+        labels = {"operation": "sign", "kind": kind}
+        return REGISTRY.get_sample_value("hsmca_hsm_errors_total", labels) or 0.0
+
+    token, pin = softhsm_token
+    store = Pkcs11KeyStore(token.module, {"hsmca": lambda: pin}, pool_size=1)
+    sessions = store.sessions("hsmca")
+    assert sessions.run(lambda s: "fine", "sign") == "fine"
+    lost, device = errors("sessionLost"), errors("DeviceError")
+
+    def broken(_session: object) -> None:
+        raise p11e.DeviceError()
+
+    with pytest.raises(HsmUnavailable):
+        sessions.run(broken, "sign")  # lost, re-opened, retried, lost again
+    assert errors("sessionLost") == lost + 1
+    assert errors("DeviceError") == device + 1
+    store.close()
