@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from helpers import CaEnv, make_csr, openssl
+from helpers import CaEnv, make_csr, openssl, write_config
 
 from ca.config import load_config
 from ca.store import crls
@@ -469,3 +469,30 @@ def test_a_restore_onto_a_token_without_the_ca_keys_is_refused_before_any_change
     line = one_line_error(proc)
     assert "holds no key" in line and "restore the CA's token first" in line
     _target_untouched(data)
+
+
+def test_a_witness_that_saw_checkpoints_after_the_backup_is_warned_about_not_fatal(
+    sqlite_ca_env: CaEnv, softhsm_token, tmp_path: Path
+):
+    token, _ = softhsm_token
+    witness = tmp_path / "witness" / "checkpoints.jsonl"
+    witness.parent.mkdir()
+    url = sqlite_ca_env.config.database_url
+    write_config(sqlite_ca_env.data_dir, token, url, extra=f'[audit]\nwitness_file = "{witness}"\n')
+    source = make_source(sqlite_ca_env, tmp_path)
+    # The old installation goes on after the backup: a certificate and a checkpoint more.
+    issue(sqlite_ca_env.data_dir, tmp_path, "after-backup.corp.test")
+    ok(run(sqlite_ca_env.data_dir, "audit", "checkpoint"))
+    witnessed = witness.read_text().splitlines()
+    assert len(witnessed) >= 2
+
+    data = fresh_target(source, tmp_path)
+    proc = run(
+        data, "restore", str(source.backup), "--database-url", f"sqlite:///{data / 'hsmca.db'}"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "witness file disagrees with the restored chain" in proc.stderr
+    assert witness.read_text().splitlines() == witnessed  # the witness is never rewritten
+    # The live verification reports what happened: the chain lost its events after the backup.
+    after = run(data, "audit", "verify")
+    assert after.returncode == 3 and "witness" in after.stderr
