@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,28 @@ from ca.hierarchy import create_intermediate, create_root
 from softhsm import SoftHsmToken, write_pin_file
 
 VENV_BIN = Path(os.environ.get("HSMCA_VENV_BIN", Path(__file__).resolve().parents[1] / ".venv/bin"))
+HSMCA = str(Path(sys.executable).parent / "hsmca")
+
+
+def run_hsmca(
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 180,
+) -> subprocess.CompletedProcess[str]:
+    """``hsmca --data-dir DATA_DIR ARGS`` as an operator runs it: no ambient HSMCA_* or
+    SOFTHSM2_CONF from the test process (only ``env``), text output captured, never raising."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
+    return subprocess.run(
+        [HSMCA, "--data-dir", str(data_dir), *args],
+        env={**base, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -22,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from helpers import CaEnv, openssl
+from helpers import CaEnv, openssl, run_hsmca
 from sqlalchemy import text
 
 from ca.audit import GENESIS_HASH, chain_hash, event_dict
@@ -531,15 +530,7 @@ def test_progress_is_reported_per_batch(chain):
 
 
 def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(data), *args],
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_hsmca(data, *args)
 
 
 @pytest.fixture(scope="module")

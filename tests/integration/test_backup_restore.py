@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import stat
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from helpers import CaEnv, make_csr, openssl, write_config
+from helpers import CaEnv, make_csr, openssl, run_hsmca, write_config
 
 from ca.config import load_config
 from ca.store import crls
@@ -38,15 +37,7 @@ HSMCA = str(Path(sys.executable).parent / "hsmca")
 
 
 def run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(data), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return run_hsmca(data, *args, timeout=300)
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> str:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from helpers import make_csr
+from helpers import make_csr, run_hsmca
 
 from ca.errors import BadRequest
 from ca.issuance import IssuanceRequest, issue
@@ -28,16 +27,7 @@ HSMCA = str(Path(sys.executable).parent / "hsmca")
 
 
 def _cli(env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(env.data_dir), *args],
-        env=base,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_hsmca(env.data_dir, *args, stdin=stdin)
 
 
 def _issue(auth, name: str, requester: str = "test") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from helpers import make_csr, openssl, tool
+from helpers import make_csr, openssl, run_hsmca, tool
 
 from ca.audit import verify_chain
 from ca.authority import Authority
@@ -562,15 +562,7 @@ def test_revoked_intermediate_is_in_the_roots_crl_and_stops_issuing(ca_env, tmp_
 
 
 def _cli(env, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(env.data_dir), *args],
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_hsmca(env.data_dir, *args, timeout=120)
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -3,13 +3,13 @@ older or newer than its code, and says which command fixes it."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_hsmca
 from sqlalchemy import create_engine
 
 from ca.store.migrate import schema_status, upgrade
@@ -18,15 +18,7 @@ HSMCA = str(Path(sys.executable).parent / "hsmca")
 
 
 def _run(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HSMCA_", "SOFTHSM2_CONF"))}
-    return subprocess.run(
-        [HSMCA, "--data-dir", str(data), *args],
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_hsmca(data, *args)
 
 
 @pytest.fixture
