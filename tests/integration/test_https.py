@@ -135,7 +135,12 @@ def test_https_verifies_against_the_root_by_ip_and_by_name(server):
     status, _, body = get(server.https + "/healthz", server.context())
     assert status == 200 and json.loads(body) == {"status": "ok"}
     status, _, body = get(f"https://localhost:{server.https_port}/readyz", server.context())
-    assert status == 200 and json.loads(body)["checks"] == {"database": "ok", "hsm": "ok"}
+    assert status == 200 and json.loads(body)["checks"] == {
+        "database": "ok",
+        "hsm": "ok",
+        "crl": "ok",
+        "ocsp": "ok",
+    }
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
         get(server.https + "/healthz", ssl.create_default_context())  # not a public CA
     if shutil.which("curl"):
