@@ -30,6 +30,13 @@ def _cli(env, *args: str, stdin: str | None = None) -> subprocess.CompletedProce
     return run_hsmca(env.data_dir, *args, stdin=stdin)
 
 
+def _revoke_list(env, stdin: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``hsmca revoke --serials-file -`` for keyCompromise, the list on standard input."""
+    return _cli(
+        env, "revoke", "--serials-file", "-", "--reason", "keyCompromise", *extra, stdin=stdin
+    )
+
+
 def _issue(auth, name: str, requester: str = "test") -> str:
     return issue(auth, IssuanceRequest(make_csr([name]), "server", requester)).serial
 
@@ -50,17 +57,7 @@ def test_cert_list_selects_a_requesters_certificates_and_revoke_takes_them_from_
     as_json = _cli(ca_env, "cert", "list", "--requester", "deploy-bot", "--name", "app2")
     assert [json.loads(line)["serial"] for line in as_json.stdout.splitlines()] == [leaked[2]]
 
-    done = _cli(
-        ca_env,
-        "revoke",
-        "--serials-file",
-        "-",
-        "--reason",
-        "keyCompromise",
-        "--comment",
-        "INC-42",
-        stdin=listed.stdout,
-    )
+    done = _revoke_list(ca_env, listed.stdout, "--comment", "INC-42")
     assert done.returncode == 0, done.stderr
     assert "revoked 4, already revoked 0, unknown 0, refused 0" in done.stderr
     assert "hsmca crl generate --ca issuing" in done.stderr
@@ -113,27 +110,10 @@ def test_the_certificate_of_a_ca_is_refused_and_the_rest_revoked(ca_env):
 def test_a_list_with_a_bad_line_or_a_bad_reason_revokes_nothing(ca_env):
     auth = ca_env.auth
     serial = _issue(auth, "careful.corp.test")
-    bad = _cli(
-        ca_env,
-        "revoke",
-        "--serials-file",
-        "-",
-        "--reason",
-        "keyCompromise",
-        stdin=f"{serial}\nnot-a-serial\n",
-    )
+    bad = _revoke_list(ca_env, f"{serial}\nnot-a-serial\n")
     assert bad.returncode == 1 and "line 2: not a serial: 'not-a-serial'" in bad.stderr
     assert _status(auth, serial) == "issued"
-    dry = _cli(
-        ca_env,
-        "revoke",
-        "--serials-file",
-        "-",
-        "--reason",
-        "keyCompromise",
-        "--dry-run",
-        stdin=serial + "\n",
-    )
+    dry = _revoke_list(ca_env, serial + "\n", "--dry-run")
     assert dry.returncode == 0 and "1 serial(s)" in dry.stdout and _status(auth, serial) == "issued"
     both = _cli(ca_env, "revoke", serial, "--serials-file", "-", "--reason", "superseded", stdin="")
     assert both.returncode == 2 and "either SERIAL or --serials-file" in both.stderr
